@@ -1,0 +1,81 @@
+"""Where every model file the pack can use lives, relative to a ComfyUI-style ``models/`` folder.
+
+The table below is the single source of truth for ``honestface check``, the loader nodes' file lists and the
+"missing file" errors. Nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MissingModelError
+
+FACEXLIB_URL = "https://github.com/xinntao/facexlib/releases (v0.1.0 / v0.2.0 assets)"
+INSIGHTFACE_URL = "https://github.com/deepinsight/insightface/tree/master/python-package (model packs; non-commercial research licence)"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One model file: its folder (relative to ``models/``), file name, purpose, source and licence."""
+
+    folder: str
+    filename: str
+    purpose: str
+    source: str
+    licence: str
+    required: bool = False
+
+    def path(self, models_dir: str | os.PathLike) -> Path:
+        return Path(models_dir) / self.folder / self.filename
+
+
+MODEL_FILES: tuple[ModelFile, ...] = (
+    # facexlib (detector, parsers, 98-point landmarks)
+    ModelFile("facexlib", "detection_Resnet50_Final.pth", "RetinaFace-R50 face detector", FACEXLIB_URL, "MIT (facexlib); weights from RetinaFace, MIT"),
+    ModelFile("facexlib", "detection_mobilenet0.25_Final.pth", "RetinaFace-MobileNet0.25 face detector (fast)", FACEXLIB_URL, "MIT"),
+    ModelFile("facexlib", "parsing_parsenet.pth", "ParseNet face parsing (paste-back mask, L_MFA)", FACEXLIB_URL, "MIT (facexlib); from GPEN/PSFRGAN"),
+    ModelFile("facexlib", "parsing_bisenet.pth", "BiSeNet face parsing (paste-back mask, L_MFA)", FACEXLIB_URL, "MIT"),
+    ModelFile("facexlib", "alignment_WFLW_4HG.pth", "AWing 98-point WFLW landmarks (ALD metric)", FACEXLIB_URL, "MIT (facexlib); AdaptiveWingLoss, Apache-2.0"),
+    # insightface packs (detector, ArcFace recognizer, 106/68-point landmarks)
+    *(ModelFile("insightface/models/antelopev2", f, p, INSIGHTFACE_URL, "insightface: non-commercial research use only")
+      for f, p in (("scrfd_10g_bnkps.onnx", "SCRFD-10G face detector"),
+                   ("glintr100.onnx", "ArcFace IResNet-100 (Glint360K) identity embedding"),
+                   ("2d106det.onnx", "106-point landmarks (ALD metric)"),
+                   ("1k3d68.onnx", "68-point 3D landmarks (ALD metric)"),
+                   ("genderage.onnx", "gender/age (unused, loaded by FaceAnalysis if present)"))),
+    *(ModelFile("insightface/models/buffalo_l", f, p, INSIGHTFACE_URL, "insightface: non-commercial research use only")
+      for f, p in (("det_10g.onnx", "SCRFD-10G face detector"),
+                   ("w600k_r50.onnx", "ArcFace IResNet-50 (WebFace600K) identity embedding"),
+                   ("2d106det.onnx", "106-point landmarks (ALD metric)"),
+                   ("1k3d68.onnx", "68-point 3D landmarks (ALD metric)"),
+                   ("genderage.onnx", "gender/age (unused, loaded by FaceAnalysis if present)"))),
+    # HonestFace / OSDFace trained weights
+    ModelFile("honestface", "honestface.safetensors", "HonestFace bundle (LoRA, embedders, fusion, projector, VRE; config in metadata)",
+              "train with training/ and export with training/export.py (no official weights are published)", "yours"),
+    ModelFile("honestface/osdface", "associate_2.ckpt", "OSDFace VRE checkpoint (blind mode with OSDFace weights)", "https://github.com/jkwang28/OSDFace", "see OSDFace repository"),
+    ModelFile("honestface/osdface", "pytorch_lora_weights.safetensors", "OSDFace UNet LoRA", "https://github.com/jkwang28/OSDFace", "see OSDFace repository"),
+    ModelFile("honestface/osdface", "embedding_change_weights.pth", "OSDFace VRE token projector", "https://github.com/jkwang28/OSDFace", "see OSDFace repository"),
+    # SD-2.1-base (UNet + VAE only; no text encoder is used)
+    ModelFile("diffusers/stable-diffusion-2-1-base", "unet/diffusion_pytorch_model.safetensors", "SD-2.1-base UNet (diffusers folder)",
+              "a local copy of stabilityai/stable-diffusion-2-1-base (or a single-file checkpoint in checkpoints/)", "CreativeML Open RAIL++-M"),
+    ModelFile("diffusers/stable-diffusion-2-1-base", "vae/diffusion_pytorch_model.safetensors", "SD-2.1-base VAE (diffusers folder)",
+              "a local copy of stabilityai/stable-diffusion-2-1-base", "CreativeML Open RAIL++-M"),
+    ModelFile("checkpoints", "v2-1_512-ema-pruned.safetensors", "SD-2.1-base single-file checkpoint (alternative to the diffusers folder)",
+              "a local copy of the SD-2.1-base single-file checkpoint", "CreativeML Open RAIL++-M"),
+)
+
+
+def default_models_dir() -> Path:
+    """``$HONESTFACE_MODELS`` if set, else ``./models``."""
+    return Path(os.environ.get("HONESTFACE_MODELS", "models"))
+
+
+def find_model_file(models_dir: str | os.PathLike, folder: str, filename: str) -> Path:
+    """Return ``models_dir/folder/filename`` or raise :class:`MissingModelError` naming file and folder."""
+    path = Path(models_dir) / folder / filename
+    if not path.is_file():
+        known = next((m for m in MODEL_FILES if m.folder == folder and m.filename == filename), None)
+        raise MissingModelError(filename, Path(models_dir) / folder, known.source if known else "")
+    return path

