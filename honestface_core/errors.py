@@ -20,6 +20,9 @@ class HonestFaceError(ValueError):
         self.fix = fix
         super().__init__(f"{what_input}: {problem}. {fix}")
 
+    def __str__(self) -> str:  # OSError's __str__ would win in MissingModelError's MRO
+        return str(self.args[0])
+
 
 class MissingModelError(HonestFaceError, FileNotFoundError):
     """A model file or folder is missing. Names the exact file and the folder where it belongs."""

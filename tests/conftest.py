@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from comfy_harness import comfy_inprocess, comfy_server  # noqa: F401  (ComfyUI fixtures, see comfy_harness.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -1,0 +1,124 @@
+"""Load facexlib networks from local files only (never facexlib's download helpers), and write random-weight
+files in the exact layout of the released ones.
+
+Released layouts (as facexlib's own ``init_*`` helpers read them):
+- ``detection_Resnet50_Final.pth`` / ``detection_mobilenet0.25_Final.pth``: a plain state dict whose keys carry
+  the ``module.`` prefix of a DataParallel-trained model (facexlib strips it).
+- ``parsing_parsenet.pth`` / ``parsing_bisenet.pth``: a plain state dict.
+- ``alignment_WFLW_4HG.pth``: ``{"state_dict": ...}``.
+All files are read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import HonestFaceError
+from .model_paths import find_model_file
+
+FOLDER = "facexlib"
+RETINAFACE_FILES = {"resnet50": "detection_Resnet50_Final.pth", "mobilenet0.25": "detection_mobilenet0.25_Final.pth"}
+PARSENET_FILE = "parsing_parsenet.pth"
+BISENET_FILE = "parsing_bisenet.pth"
+AWING_FILE = "alignment_WFLW_4HG.pth"
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a facexlib ``.pth`` safely and unwrap ``state_dict`` / ``params`` wrappers and ``module.`` prefixes."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors of many kinds
+        raise HonestFaceError(f"model file '{path}'", f"cannot be read as a PyTorch weights file ({type(e).__name__}: {e})",
+                              "Replace it with the original release file (it may be truncated or not a .pth file)") from e
+    for key in ("state_dict", "params_ema", "params"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise HonestFaceError(f"model file '{path}'", "does not contain a state dict of tensors",
+                              "Replace it with the original release file")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _load_into(net: torch.nn.Module, path: Path, device) -> torch.nn.Module:
+    state = _read_state_dict(path)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise HonestFaceError(f"model file '{path}'", f"does not match the {type(net).__name__} network ({str(e)[:300]})",
+                              f"Check that the file really is '{path.name}' from the facexlib releases") from e
+    return net.eval().to(device)
+
+
+def load_retinaface(models_dir: str | os.PathLike, network: str = "resnet50", device: str | torch.device = "cpu") -> torch.nn.Module:
+    """facexlib ``RetinaFace`` (``"resnet50"`` or ``"mobilenet0.25"``) from ``models_dir/facexlib``."""
+    from facexlib.detection.retinaface import RetinaFace
+
+    network = "mobilenet0.25" if network in ("mobile0.25", "mobilenet") else network
+    if network not in RETINAFACE_FILES:
+        raise HonestFaceError("RetinaFace network", f"'{network}' is unknown", "Use 'resnet50' or 'mobilenet0.25'")
+    path = find_model_file(models_dir, FOLDER, RETINAFACE_FILES[network])
+    with warnings.catch_warnings():  # facexlib passes torchvision's deprecated `pretrained=False`
+        warnings.simplefilter("ignore", UserWarning)
+        net = RetinaFace(network_name="resnet50" if network == "resnet50" else "mobile0.25", half=False, device=torch.device(device))
+    return _load_into(net, path, device)
+
+
+def load_parsenet(models_dir: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """facexlib ``ParseNet`` (512 in / 512 out, 19 classes) from ``models_dir/facexlib``."""
+    from facexlib.parsing import ParseNet
+
+    path = find_model_file(models_dir, FOLDER, PARSENET_FILE)
+    return _load_into(ParseNet(in_size=512, out_size=512, parsing_ch=19), path, device)
+
+
+def load_bisenet(models_dir: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """facexlib ``BiSeNet`` (19 classes) from ``models_dir/facexlib``."""
+    from facexlib.parsing import BiSeNet
+
+    path = find_model_file(models_dir, FOLDER, BISENET_FILE)
+    return _load_into(BiSeNet(num_class=19), path, device)
+
+
+def load_awing(models_dir: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """facexlib AWing ``FAN`` (4 hourglasses, 98 WFLW landmarks) from ``models_dir/facexlib``."""
+    from facexlib.alignment import FAN
+
+    path = find_model_file(models_dir, FOLDER, AWING_FILE)
+    return _load_into(FAN(num_modules=4, num_landmarks=98, device=str(device)), path, device)
+
+
+def write_facexlib_test_models(models_dir: str | os.PathLike) -> list[Path]:
+    """Write random-weight versions of all five facexlib files into ``models_dir/facexlib``.
+
+    Same networks, key names, prefixes and wrappers as the released files, so the real loaders above run.
+    The weights are random (freshly initialised networks): outputs are meaningless. Existing files are kept.
+    """
+    from facexlib.alignment import FAN
+    from facexlib.detection.retinaface import RetinaFace
+    from facexlib.parsing import BiSeNet, ParseNet
+
+    folder = Path(models_dir) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    cpu = torch.device("cpu")
+    builders = {
+        RETINAFACE_FILES["resnet50"]: lambda: {"module." + k: v for k, v in RetinaFace("resnet50", device=cpu).state_dict().items()},
+        RETINAFACE_FILES["mobilenet0.25"]: lambda: {"module." + k: v for k, v in RetinaFace("mobile0.25", device=cpu).state_dict().items()},
+        PARSENET_FILE: lambda: ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict(),
+        BISENET_FILE: lambda: BiSeNet(num_class=19).state_dict(),
+        AWING_FILE: lambda: {"state_dict": FAN(num_modules=4, num_landmarks=98, device="cpu").state_dict()},
+    }
+    written = []
+    for name, build in builders.items():
+        path = folder / name
+        if not path.exists():
+            torch.manual_seed(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                torch.save(build(), path)
+        written.append(path)
+    return written

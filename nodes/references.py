@@ -1,0 +1,170 @@
+"""Reference nodes: build a reference set from an IMAGE batch and/or a folder under ComfyUI's input directory;
+save and load it as an identity set (.safetensors)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import comfy.model_management as mm
+import folder_paths
+
+from honestface_core.alignment import align_faces
+from honestface_core.detection import detect_faces
+from honestface_core.errors import HonestFaceError
+from honestface_core.images import as_rgb_batch, tensor_to_uint8
+from honestface_core.references import (load_identity_set, prepare_references, read_reference_folder,
+                                        resolve_reference_folder, save_identity_set)
+
+from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, REFS, pick_detector, pick_encoder
+
+NODE = "Load References"
+INPUT_PREFIX = "input/"
+
+
+class LoadReferences:
+    DESCRIPTION = ("Builds the reference set of one person from photos: an IMAGE batch and/or every image in a folder "
+                   "inside ComfyUI's input directory. The largest face of each photo is aligned and embedded; photos "
+                   "without a face are skipped and listed in the status. With a target image and top_k > 0, only "
+                   "the K references most similar to the target's face are kept.")
+    CATEGORY = "HonestFace/references"
+    RETURN_TYPES = (REFS, "IMAGE", "STRING")
+    RETURN_NAMES = ("references", "preview", "status")
+    OUTPUT_TOOLTIPS = ("Aligned crops, identity embeddings and per-reference status.",
+                       "The aligned crops of the kept references.",
+                       "One line per input photo: kept or skipped, and why.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "folder": ("STRING", {"default": "", "tooltip": "Folder inside ComfyUI's input directory with photos "
+                                      "of the person (e.g. 'refs/alice'); leave empty to use only 'images'."}),
+                "top_k": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Keep only the K references most "
+                                  "similar to the target's face (needs 'target'); 0 keeps all."}),
+                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                                      "tooltip": "Side of the aligned reference crops (HonestFace uses 512)."}),
+            },
+            "optional": {
+                "images": ("IMAGE", {"tooltip": "Reference photos of the person (a batch)."}),
+                "target": ("IMAGE", {"tooltip": "The image to restore; its largest face ranks the references for top_k."}),
+                "insightface": (FACEANALYSIS, {"tooltip": INSIGHTFACE_TOOLTIP}),
+                "opencv": (OPENCV_FACE, {"tooltip": OPENCV_TOOLTIP + " Needs its SFace recognizer."}),
+            },
+        }
+
+    def load(self, folder: str, top_k: int, crop_size: int, images=None, target=None, insightface=None, opencv=None):
+        detector = pick_detector(NODE, insightface=insightface, opencv=opencv)
+        encoder = pick_encoder(NODE, insightface=insightface, opencv=opencv)
+        photos = []
+        if images is not None:
+            photos += [(f"image {i}", a) for i, a in enumerate(tensor_to_uint8(as_rgb_batch(images, "images")))]
+        if folder.strip():
+            input_dir = folder_paths.get_input_directory()
+            photos += read_reference_folder(resolve_reference_folder(input_dir, folder), within=input_dir)
+        if not photos:
+            raise HonestFaceError(f"{NODE}: images / folder", "no reference photos were given",
+                                  "Connect an IMAGE batch of the person, or type a folder name inside the input directory")
+        target_embedding = None
+        if target is not None and top_k > 0:
+            target_images = as_rgb_batch(target, "target")
+            faces = detect_faces(detector, target_images, "largest", interrupt=mm.throw_exception_if_processing_interrupted)
+            if not faces:
+                raise HonestFaceError(f"{NODE}: target", "no face was found in the target image",
+                                      "Connect an image with a visible face, or set top_k to 0")
+            target_embedding = encoder.embed(align_faces(target_images, faces, crop_size).crops)
+        mm.throw_exception_if_processing_interrupted()
+        refs = prepare_references(photos, detector, encoder, target_embedding, top_k, crop_size)
+        return (refs, refs.crops, "\n".join(refs.status))
+
+
+def unused_path(directory: Path, stem: str, counter: int) -> Path:
+    """First ``<stem>_NNNNN_.safetensors`` in ``directory`` that does not exist (never overwrite)."""
+    while (directory / f"{stem}_{counter:05}_.safetensors").exists():
+        counter += 1
+    return directory / f"{stem}_{counter:05}_.safetensors"
+
+
+class SaveIdentitySet:
+    DESCRIPTION = ("Saves a reference set (aligned crops, embeddings, status) as a .safetensors identity set in "
+                   "ComfyUI's output directory. Existing files are never overwritten: a new number is used. Move the "
+                   "file to models/honestface (or the input directory) to load it later.")
+    CATEGORY = "HonestFace/references"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "references": (REFS, {"tooltip": "Reference set from Load References."}),
+            "filename_prefix": ("STRING", {"default": "honestface/identity",
+                                           "tooltip": "File name prefix inside the output directory (may contain a folder)."}),
+        }}
+
+    def save(self, references, filename_prefix: str):
+        out_dir = folder_paths.get_output_directory()
+        full_dir, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
+        path = save_identity_set(references, unused_path(Path(full_dir), stem, counter))
+        rel = os.path.relpath(path, out_dir)
+        return {"ui": {"text": [f"saved {len(references)} references to output/{rel}"]}}
+
+
+def identity_set_files() -> list[str]:
+    """.safetensors files in models/honestface (subfolders too), then those in the input directory as 'input/...'."""
+    files = [f for f in folder_paths.get_filename_list("honestface") if f.lower().endswith(".safetensors")]
+    input_dir = Path(folder_paths.get_input_directory())
+    if input_dir.is_dir():
+        files += sorted(INPUT_PREFIX + p.relative_to(input_dir).as_posix() for p in input_dir.rglob("*.safetensors"))
+    return files
+
+
+def identity_set_path(name: str) -> Path:
+    if name.startswith(INPUT_PREFIX):
+        input_dir = Path(folder_paths.get_input_directory()).resolve()
+        path = (input_dir / name[len(INPUT_PREFIX):]).resolve()
+        if not path.is_relative_to(input_dir):
+            raise HonestFaceError(f"identity set '{name}'", "is outside the input directory", "Pick a file from the list")
+        return path
+    full = folder_paths.get_full_path("honestface", name)
+    if full is None:
+        raise HonestFaceError(f"identity set '{name}'", "was not found in models/honestface",
+                              "Put the .safetensors file in models/honestface or the input directory")
+    return Path(full)
+
+
+class LoadIdentitySet:
+    DESCRIPTION = ("Loads an identity set saved by Save Identity Set (or the honestface CLI) from models/honestface "
+                   "or the input directory, instead of re-detecting and re-embedding the reference photos.")
+    CATEGORY = "HonestFace/references"
+    RETURN_TYPES = (REFS, "IMAGE", "STRING")
+    RETURN_NAMES = ("references", "preview", "status")
+    OUTPUT_TOOLTIPS = ("The stored reference set.", "Its aligned crops.", "Its per-reference status lines.")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"identity_set": (identity_set_files(), {
+            "tooltip": "Identity set file: in models/honestface, or 'input/...' for the input directory."})}}
+
+    @classmethod
+    def IS_CHANGED(cls, identity_set: str):
+        path = identity_set_path(identity_set)
+        return path.stat().st_mtime if path.exists() else float("nan")
+
+    def load(self, identity_set: str):
+        refs = load_identity_set(identity_set_path(identity_set))
+        return (refs, refs.crops, "\n".join(refs.status))
+
+
+NODE_CLASS_MAPPINGS = {
+    "HonestFaceLoadReferences": LoadReferences,
+    "HonestFaceSaveIdentitySet": SaveIdentitySet,
+    "HonestFaceLoadIdentitySet": LoadIdentitySet,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "HonestFaceLoadReferences": "HonestFace Load References",
+    "HonestFaceSaveIdentitySet": "HonestFace Save Identity Set",
+    "HonestFaceLoadIdentitySet": "HonestFace Load Identity Set",
+}

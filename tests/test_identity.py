@@ -1,0 +1,106 @@
+"""Identity encoders on real photos with the real SFace model, and the similarity / Deg maths."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from honestface_core.alignment import align_faces
+from honestface_core.detection import YuNetDetector
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.identity import (IdentityEncoder, SFaceEncoder, angle_degrees, cosine_similarity,
+                                      to_arcface_crops)
+from honestface_core.images import load_image, uint8_to_tensor
+
+NAMES = ("obama", "obama2", "obama3", "biden")
+
+
+@pytest.fixture(scope="module")
+def detector(yunet_path):
+    return YuNetDetector(yunet_path)
+
+
+@pytest.fixture(scope="module")
+def sface(sface_path):
+    return SFaceEncoder(sface_path)
+
+
+@pytest.fixture(scope="module")
+def photos(photos_dir):
+    return {n: load_image(photos_dir / f"{n}.jpg") for n in NAMES}
+
+
+@pytest.fixture(scope="module")
+def aligned(photos, detector):
+    """name -> (image, largest face, its 512 crop (1, 512, 512, 3))."""
+    out = {}
+    for n, img in photos.items():
+        face = max(detector.detect(img), key=lambda f: f.area)
+        out[n] = (img, face, align_faces(uint8_to_tensor(img), [face], 512).crops)
+    return out
+
+
+def test_sface_same_person_far_above_different_person(aligned, sface):
+    assert isinstance(sface, IdentityEncoder)
+    emb = sface.embed(torch.cat([aligned[n][2] for n in NAMES]))
+    assert emb.shape == (4, 128) and emb.dtype == torch.float32
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(4), atol=1e-5)
+    sim = cosine_similarity(emb, emb)
+    same = [sim[0, 1].item(), sim[0, 2].item(), sim[1, 2].item()]
+    diff = [sim[3, i].item() for i in range(3)]
+    deg = angle_degrees(emb, emb)
+    print(f"\nSFace cosine same person {np.round(same, 3)}, different person {np.round(diff, 3)}; "
+          f"margin {min(same) - max(diff):.3f}; Deg obama-obama2 {deg[0, 1]:.1f}, obama-biden {deg[0, 3]:.1f}")
+    assert min(same) > max(diff) + 0.25
+    assert deg[0, 1] < deg[0, 3] - 15
+
+
+def test_arcface_crop_matches_opencv_aligncrop(aligned, sface):
+    """The FFHQ-512 -> ArcFace-112 re-warp reproduces OpenCV's own 5-point alignCrop of the photo."""
+    img, face, crop = aligned["obama"]
+    row = np.concatenate([face.box[:2], face.box[2:] - face.box[:2], face.kps.reshape(-1), [face.score]]).astype(np.float32)
+    theirs = sface.model.alignCrop(np.ascontiguousarray(img[..., ::-1]), row).astype(np.float32)[..., ::-1]
+    ours = to_arcface_crops(crop)[0].permute(1, 2, 0).numpy()
+    err = np.abs(ours - theirs).mean()
+    print(f"\nmean abs pixel difference vs cv2 alignCrop: {err:.2f} / 255")
+    assert ours.shape == (112, 112, 3) and err < 10
+    # and the embedding of the re-warped crop is the one SFace computes from OpenCV's crop
+    theirs_emb = torch.from_numpy(sface.model.feature(np.ascontiguousarray(theirs[..., ::-1]).astype(np.uint8)))
+    assert cosine_similarity(sface.embed(crop), theirs_emb).item() > 0.95
+
+
+def test_any_crop_size_gives_the_same_identity(aligned, sface):
+    img, face, crop = aligned["obama2"]
+    small = align_faces(uint8_to_tensor(img), [face], 256).crops
+    assert cosine_similarity(sface.embed(small), sface.embed(crop)).item() > 0.97
+
+
+def test_empty_and_bad_crops(sface):
+    assert sface.embed(torch.zeros(0, 512, 512, 3)).shape == (0, 128)
+    with pytest.raises(HonestFaceError, match="crops"):
+        sface.embed(torch.zeros(2, 512, 256, 3))
+    with pytest.raises(HonestFaceError, match="crops"):
+        sface.embed(torch.zeros(512, 512, 3))
+
+
+def test_sface_missing_file(tmp_path):
+    with pytest.raises(MissingModelError) as err:
+        SFaceEncoder(tmp_path / "face_recognition_sface_2021dec.onnx")
+    assert err.value.filename == "face_recognition_sface_2021dec.onnx" and err.value.folder == str(tmp_path)
+
+
+def test_cosine_and_angle_maths():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
+    b = torch.tensor([1.0, 1.0])
+    cos = cosine_similarity(a, b)
+    assert cos.shape == (3, 1)
+    assert torch.allclose(cos[:, 0], torch.tensor([1 / math.sqrt(2), 1 / math.sqrt(2), -1 / math.sqrt(2)]))
+    deg = angle_degrees(a, a)
+    expected = torch.tensor([[0.0, 90.0, 180.0], [90.0, 0.0, 90.0], [180.0, 90.0, 0.0]])
+    assert torch.allclose(deg, expected, atol=0.05)
+    assert not torch.isnan(angle_degrees(a * 1e3, a)).any()  # clamped, never NaN
+    with pytest.raises(HonestFaceError, match="dimensions differ"):
+        cosine_similarity(torch.zeros(2, 3), torch.zeros(2, 4))

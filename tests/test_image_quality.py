@@ -1,0 +1,94 @@
+"""PSNR / SSIM on Y against scikit-image; LPIPS through its real loading path; clear skips for missing weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from honestface_core.errors import HonestFaceError
+from honestface_core.metrics import image_quality as iq
+
+
+def _y_np(img: np.ndarray) -> np.ndarray:
+    img = img.astype(np.float64) / 255.0
+    return 16.0 + img @ np.array([65.481, 128.553, 24.966])
+
+
+@pytest.fixture(scope="module")
+def pair(astronaut):
+    rng = np.random.default_rng(0)
+    gt = astronaut[100:228, 150:278]
+    noisy = np.clip(gt.astype(np.int16) + rng.integers(-20, 21, gt.shape), 0, 255).astype(np.uint8)
+    return gt, noisy
+
+
+def _t(*imgs: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.stack(imgs)).float() / 255.0
+
+
+def test_psnr_matches_skimage(pair):
+    gt, noisy = pair
+    ours = iq.psnr_y(_t(noisy, gt), _t(gt, gt))
+    ref = peak_signal_noise_ratio(_y_np(gt), _y_np(noisy), data_range=255)
+    assert ours[0].item() == pytest.approx(ref, rel=1e-7)  # float32 input pixels
+    assert torch.isinf(ours[1])
+
+
+def test_ssim_matches_skimage(pair):
+    gt, noisy = pair
+    ours = iq.ssim_y(_t(noisy, gt), _t(gt, gt))
+    ref = structural_similarity(_y_np(gt), _y_np(noisy), data_range=255, gaussian_weights=True, sigma=1.5,
+                                use_sample_covariance=False)
+    assert ours[0].item() == pytest.approx(ref, rel=1e-6)  # float32 input pixels
+    assert ours[1].item() == pytest.approx(1.0)
+    assert 0 < ours[0].item() < 0.95
+
+
+def test_known_psnr_case():
+    gt = torch.zeros(1, 16, 16, 3)
+    restored = gt.clone()
+    restored[..., 1] = 1.0  # G channel fully on -> Y differs by exactly 128.553 everywhere
+    assert iq.psnr_y(restored, gt).item() == pytest.approx(10 * np.log10(255 ** 2 / 128.553 ** 2))
+
+
+def test_bad_shapes():
+    with pytest.raises(HonestFaceError, match="differ"):
+        iq.psnr_y(torch.zeros(1, 16, 16, 3), torch.zeros(1, 32, 32, 3))
+    with pytest.raises(HonestFaceError, match="smaller than"):
+        iq.ssim_y(torch.zeros(1, 8, 8, 3), torch.zeros(1, 8, 8, 3))
+
+
+def test_missing_weights_are_skipped_not_downloaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    pytest.importorskip("lpips")
+    with pytest.raises(iq.MetricUnavailable, match=r"LPIPS skipped: weight file alexnet-owt-7be5be79.pth missing, put it in"):
+        iq.LPIPSMetric.load("alex", models_dir=tmp_path / "models")
+    with pytest.raises(iq.MetricUnavailable, match=r"FID skipped: weight file inception_v3_google-0cc3c7bd.pth missing"):
+        iq.InceptionFeatures(tmp_path / "models")
+    assert not (tmp_path / "torch").exists()  # nothing fetched or created
+
+
+def test_lpips_real_loading_path_with_random_backbone(tmp_path, pair):
+    """A random-weight AlexNet file in torchvision's format under models/torchvision loads through the real path."""
+    pytest.importorskip("lpips")
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    (tmp_path / "torchvision").mkdir()
+    state = alexnet(weights=None).state_dict()
+    torch.save(state, tmp_path / "torchvision" / iq.TV_FILES["alex"])
+    metric = iq.LPIPSMetric.load("alex", models_dir=tmp_path)
+    assert torch.equal(metric.model.net.slice1[0].weight, state["features.0.weight"])
+    gt, noisy = pair
+    d = metric(_t(noisy, gt), _t(gt, gt))
+    assert d.shape == (2,) and d[1].item() == pytest.approx(0.0, abs=1e-6) and d[0].item() > 0
+
+
+def test_frechet_distance_known_case():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (4000, 3))
+    b = rng.normal(0, 1, (4000, 3)) + [2.0, 0, 0]
+    assert iq.frechet_distance(a, b) == pytest.approx(4.0, abs=0.25)  # |mu1-mu2|^2 with equal covariances
+    assert iq.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)

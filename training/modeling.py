@@ -1,0 +1,172 @@
+"""Build the HonestFace model for training and run the training forward pass.
+
+- :func:`model_config_for`: ``HonestFaceConfig`` from ``model.variant`` (``tiny`` / ``sd21``) + ``model.overrides``.
+- :func:`build_model`: base UNet/VAE (a local diffusers folder; for ``tiny`` without a base a random-weight tiny
+  base is written once to ``<output>/base`` and loaded from there like a real one), face backbone (insightface
+  ArcFace ONNX; random-weight file for ``tiny``), optional stage-1 VRE, fresh LoRA, optional init bundle.
+- :class:`TrainingForward`: one module whose ``forward`` returns everything the losses and the discriminator
+  need, so DDP/FSDP wrap a single call.
+- :func:`face_region_mask`: the L_MFA mask (face parser, or a feathered ellipse when none is configured).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.model.config import HonestFaceConfig
+from honestface_core.model.honestface import HonestFaceModel
+from honestface_core.model.iresnet import FaceBackbone
+from training.config import TrainConfig
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def model_config_for(cfg: TrainConfig) -> HonestFaceConfig:
+    """HonestFaceConfig from ``model.variant`` (``tiny`` or ``sd21``) and ``model.overrides`` (nested dict)."""
+    if cfg.model.variant not in ("tiny", "sd21"):
+        raise HonestFaceError("config 'model.variant'", f"unknown variant {cfg.model.variant!r}", "Use 'tiny' or 'sd21'")
+    base = HonestFaceConfig.tiny() if cfg.model.variant == "tiny" else HonestFaceConfig()
+    return HonestFaceConfig.from_dict(_deep_merge(base.to_dict(), cfg.model.overrides))
+
+
+def write_random_base(folder: Path, mcfg: HonestFaceConfig, seed: int) -> Path:
+    """Write a random-weight UNet + VAE (diffusers folder layout, safetensors) for the tiny variant, once."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    if not (folder / "unet" / "config.json").is_file():
+        torch.manual_seed(seed)
+        UNet2DConditionModel.from_config(mcfg.generator.unet).save_pretrained(folder / "unet")
+        AutoencoderKL.from_config(mcfg.generator.vae).save_pretrained(folder / "vae")
+        (folder / "RANDOM_WEIGHTS_README.txt").write_text("Random-weight tiny base written by training/modeling.py for tests/CI.\n")
+    return folder
+
+
+def load_base(base: str | Path):
+    """UNet and VAE from a local diffusers folder (``unet/``, ``vae/``). Nothing is downloaded."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    base = Path(base)
+    for sub in ("unet", "vae"):
+        if not (base / sub / "config.json").is_file():
+            raise MissingModelError(f"{sub}/config.json", base, "a local SD-2.1-base diffusers folder")
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
+    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
+    return unet, vae
+
+
+def load_backbone(path: str | Path, mcfg: HonestFaceConfig) -> FaceBackbone:
+    """ArcFace IResNet from an insightface ONNX file; the feature stage is the one matching the model config."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingModelError(path.name, path.parent, "insightface buffalo_l/antelopev2 recogniser (w600k_r50.onnx / glintr100.onnx)")
+    from honestface_core.model.iresnet import load_iresnet_from_onnx
+
+    net = load_iresnet_from_onnx(path)
+    want = mcfg.features.backbone_channels
+    if want not in net.widths:
+        raise HonestFaceError(f"face backbone '{path}'", f"has stage widths {net.widths}, the model needs {want}-channel features",
+                              "Set model.overrides.features.backbone_channels to one of these widths")
+    return FaceBackbone(net, feature_stage=net.widths.index(want) + 1)
+
+
+def build_model(cfg: TrainConfig, workdir: str | Path) -> HonestFaceModel:
+    """The model to train (frozen parts frozen by the model itself), on CPU, in float32.
+
+    ``workdir`` receives the random-weight tiny base/backbone when the tiny variant has no ``model.base``.
+    """
+    from safetensors.torch import load_file
+
+    mcfg = model_config_for(cfg)
+    workdir = Path(workdir)
+    base = cfg.model.base
+    backbone_path = cfg.losses.face_backbone
+    if cfg.model.variant == "tiny" and not base:
+        base = write_random_base(workdir / "base", mcfg, cfg.seed)
+    if cfg.model.variant == "tiny" and not backbone_path:
+        from honestface_core.model.iresnet import write_arcface_onnx
+
+        backbone_path = workdir / "base" / "arcface_random.onnx"
+        if not backbone_path.is_file():
+            write_arcface_onnx(backbone_path, layers=(1, 1, 1, 1), width=max(1, mcfg.features.backbone_channels // 8),
+                               seed=cfg.seed)
+    if not base:
+        raise HonestFaceError("config 'model.base'", "is empty", "Point it to a local SD-2.1-base diffusers folder")
+    if not backbone_path:
+        raise HonestFaceError("config 'losses.face_backbone'", "is empty",
+                              "Point it to an insightface recogniser ONNX (models/insightface/models/buffalo_l/w600k_r50.onnx)")
+    unet, vae = load_base(base)
+    model = HonestFaceModel(mcfg, unet=unet, vae=vae, backbone=load_backbone(backbone_path, mcfg))
+    if cfg.model.vre_checkpoint:
+        vre = Path(cfg.model.vre_checkpoint)
+        if not vre.is_file():
+            raise MissingModelError(vre.name, vre.parent, "stage-1 output (training/stage1.py) or OSDFace's associate_2.ckpt")
+        if vre.suffix == ".safetensors":
+            model.vre.load_state_dict(load_file(str(vre)))
+        else:
+            from honestface_core.model import osdface
+
+            osdface.load_vre_checkpoint(model.vre, vre)
+    model.add_lora()
+    if cfg.model.init_bundle:
+        from honestface_core.model.bundle import load_trainable_from_bundle
+
+        load_trainable_from_bundle(model, cfg.model.init_bundle)
+    model.base_paths = {"base": str(base), "backbone": str(backbone_path)}
+    return model
+
+
+class TrainingForward(nn.Module):
+    """``forward(lq, refs, ref_mask, hq) -> (restored (unclamped), z_hat_H, p, z_H)`` of a :class:`HonestFaceModel`."""
+
+    def __init__(self, model: HonestFaceModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, lq: torch.Tensor, refs: torch.Tensor, ref_mask: torch.Tensor, hq: torch.Tensor):
+        m = self.model
+        prompt = m.encode_prompt(lq, (refs, ref_mask) if ref_mask.shape[1] else None)
+        with torch.no_grad():
+            z_lq = m.generator.encode(lq)
+            z_hq = m.generator.encode(hq)
+        z_hat = m.restore_latent(z_lq, prompt)
+        return m.generator.decode(z_hat, clamp=False), z_hat, prompt, z_hq
+
+
+def ellipse_mask(size: int, n: int, device: torch.device | str = "cpu", feather: float = 0.04) -> torch.Tensor:
+    """Fallback L_MFA mask (our choice): an ellipse over the inner face of the FFHQ template (centre (0.5, 0.56),
+    semi-axes (0.29, 0.36) of the crop side), Gaussian-feathered with sigma ``feather * size``; (n, 1, S, S)."""
+    from honestface_core.parsing import gaussian_blur
+
+    t = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
+    y, x = torch.meshgrid(t, t, indexing="ij")
+    hard = (((x - 0.5) / 0.29) ** 2 + ((y - 0.56) / 0.36) ** 2 <= 1).float()[None, None]
+    return gaussian_blur(hard, feather * size).clamp(0, 1).expand(n, 1, size, size)
+
+
+def load_face_parser(kind: str, models_dir: str | Path):
+    """facexlib ParseNet/BiSeNet from ``models_dir/facexlib`` (see ``honestface_core.parsing``)."""
+    from honestface_core.parsing import FaceParser
+
+    return FaceParser.from_models_dir(models_dir, kind)
+
+
+@torch.no_grad()
+def face_region_mask(hq: torch.Tensor, parser=None) -> torch.Tensor:
+    """(B, 1, S, S) soft mask of skin, brows, eyes, nose and lips of ``hq`` ([-1, 1]); ellipse if no parser."""
+    if parser is None:
+        return ellipse_mask(hq.shape[-1], hq.shape[0], hq.device).to(hq.dtype)
+    from honestface_core.parsing import FACE_REGION_LABELS, region_mask
+
+    labels = parser.parse(((hq.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
+    return region_mask(labels, FACE_REGION_LABELS, feather=0.02, margin=0.02)[:, None].to(hq.dtype)
