@@ -9,7 +9,6 @@ device, ArcFace embeddings, backbone features) are computed once per identity se
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -204,23 +203,20 @@ class BackboneIdentityEncoder:
 
 @dataclass
 class ReferencePieces:
-    """What the model needs of one identity set, on its device: ``(1, K, ...)`` tensors, expanded per face."""
+    """What the model needs of one identity set, on its device: ``(1, K, D)`` ArcFace embeddings and
+    ``(1, K, C, h, w)`` backbone features, shared by every face of a call."""
 
-    images: torch.Tensor
     embeddings: torch.Tensor
-    features: torch.Tensor | None = None
+    features: torch.Tensor
 
-    def batch(self, model, n: int):
+    def batch(self, n: int):
         """A ``ReferenceBatch`` for ``n`` faces that all use these references (expanded views, no copies)."""
         from .model.honestface import ReferenceBatch
 
-        k = self.images.shape[1]
-        kwargs = {"images": self.images.expand(n, *self.images.shape[1:]),
-                  "mask": torch.ones(n, k, dtype=torch.bool, device=self.images.device),
-                  "embeddings": self.embeddings.expand(n, *self.embeddings.shape[1:])}
-        if self.features is not None:
-            kwargs["features"] = self.features.expand(n, *self.features.shape[1:])
-        return ReferenceBatch(**kwargs)
+        k = self.embeddings.shape[1]
+        return ReferenceBatch(images=None, mask=torch.ones(n, k, dtype=torch.bool, device=self.embeddings.device),
+                              embeddings=self.embeddings.expand(n, -1, -1),
+                              features=self.features.expand(n, *self.features.shape[1:]))
 
 
 def reference_key(refs: ReferenceSet) -> str:
@@ -252,7 +248,7 @@ def check_references(model, refs: ReferenceSet) -> None:
 
 
 def reference_pieces(model, refs: ReferenceSet) -> ReferencePieces:
-    """Reference crops, embeddings and (when the model takes them) backbone features, cached per identity set.
+    """ArcFace embeddings and backbone features of the references, computed once per identity set and cached.
 
     Embeddings made by the same ArcFace network as the model's backbone (``encoder_name`` ``arcface:<name>``)
     are used as given; others of the right size are recomputed with the backbone (our choice: two ArcFace
@@ -270,12 +266,8 @@ def reference_pieces(model, refs: ReferenceSet) -> ReferencePieces:
             emb = refs.embeddings.to(model.device, torch.float32)
         else:
             emb = model.backbone.embed(images).float()
-        features = None
-        from .model.honestface import ReferenceBatch
-
-        if "features" in {f.name for f in dataclasses.fields(ReferenceBatch)}:
-            features = model.backbone.features(images)
-    pieces = ReferencePieces(images[None], F.normalize(emb, dim=-1)[None], None if features is None else features[None])
+        features = model.backbone.features(images)
+    pieces = ReferencePieces(F.normalize(emb, dim=-1)[None], features[None])
     cache[key] = pieces
     while len(cache) > REFERENCE_CACHE_SIZE:
         cache.popitem(last=False)
@@ -294,7 +286,7 @@ def _free_memory(device: torch.device) -> None:
 def _restore_chunk(model, crops: torch.Tensor, pieces: ReferencePieces | None) -> torch.Tensor:
     with torch.inference_mode():
         lq = crops_to_model(crops, model)
-        refs = None if pieces is None else pieces.batch(model, lq.shape[0])
+        refs = None if pieces is None else pieces.batch(lq.shape[0])
         return model_to_crops(model(lq, refs), crops.shape[1], crops)
 
 

@@ -1,6 +1,7 @@
 """ComfyUI adapters for ``honestface_core``: one module per concern, merged here.
 
-To add a node module, import it below and add it to ``_MODULES``.
+To add a node module (it must define ``NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS``), add one import
+line below the others; every imported module with mappings is merged.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 
 
 def _import_core_from_pack() -> None:
@@ -26,12 +28,14 @@ def _import_core_from_pack() -> None:
 
 _import_core_from_pack()
 
-from . import detection, identity, loaders, pasteback, references  # noqa: E402
 from .model_folders import register_model_folders  # noqa: E402
 
 register_model_folders()
 
-_MODULES = (loaders, detection, identity, references, pasteback)
+from . import loaders, detection, identity, references, pasteback  # noqa: E402,I001
+from . import evaluation  # noqa: E402
+
+_MODULES = [m for m in list(globals().values()) if isinstance(m, ModuleType) and hasattr(m, "NODE_CLASS_MAPPINGS")]
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -19,6 +19,7 @@ MODEL_FOLDERS: dict[str, frozenset[str]] = {
     "insightface": frozenset({".onnx"}),  # insightface/models/<pack name>/*.onnx, as cubiq's InstantID/PuLID
     "facexlib": frozenset({".pth"}),
     "facedetection": frozenset({".onnx"}),  # OpenCV YuNet / SFace
+    "landmarks": frozenset({".dat"}),  # dlib 68-point shape predictor (landmark metrics)
     "honestface": frozenset({".safetensors", ".ckpt", ".pth"}),
 }
 

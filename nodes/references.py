@@ -54,6 +54,17 @@ class LoadReferences:
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, folder: str = "", **_):
+        """Re-run when the folder's files change (ComfyUI would otherwise reuse the cached result)."""
+        if not str(folder).strip():
+            return ""
+        try:
+            path = resolve_reference_folder(folder_paths.get_input_directory(), folder)
+        except HonestFaceError:
+            return float("nan")  # let load() report the problem
+        return str(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in path.iterdir() if p.is_file()))
+
     def load(self, folder: str, top_k: int, crop_size: int, images=None, target=None, insightface=None, opencv=None):
         detector = pick_detector(NODE, insightface=insightface, opencv=opencv)
         encoder = pick_encoder(NODE, insightface=insightface, opencv=opencv)

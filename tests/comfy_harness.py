@@ -278,6 +278,32 @@ def load_api_workflow(name: str) -> dict:
     return json.loads((WORKFLOWS / "api" / name).read_text())
 
 
+def render_thumbnail(name: str, image, side: int = 384) -> Path:
+    """Run ``workflows/api/<name>.json`` on ``image`` (uint8 RGB; saved as the LoadImage file the workflow names)
+    in a fresh server and write its SaveImage result, resized to ``side``, as ``workflows/<name>.jpg``::
+
+        .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import comfy_harness as h; \
+            from skimage import data; h.render_thumbnail('face_detect_paste', data.astronaut())"
+    """
+    import tempfile
+
+    from PIL import Image
+
+    prompt = load_api_workflow(f"{name}.json")
+    load = next(n for n in prompt.values() if n["class_type"] == "LoadImage")
+    with tempfile.TemporaryDirectory() as tmp, ComfyServer(Path(tmp)) as server:
+        Image.fromarray(image).save(server.input_dir / load["inputs"]["image"])
+        entry = server.run_prompt(prompt)
+        if entry["status"]["status_str"] != "success":
+            raise RuntimeError(f"workflow {name} failed: {entry['status']}")
+        result = output_files(entry, server.output_dir)[0]
+        out = WORKFLOWS / f"{name}.jpg"
+        img = Image.open(result).convert("RGB")
+        img.thumbnail((side, side), Image.LANCZOS)
+        img.save(out, quality=85)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ fixtures
 # Shared by every ComfyUI test module through tests/conftest.py (ComfyUI's module state is global, and a server
 # start costs tens of seconds on 2 cores: one of each per session).

@@ -116,6 +116,14 @@ def test_loader_lists_models_from_user_folder(comfy):
     assert "recognition" in fa.models and "detection" in fa.models  # random weights: loading path only
     (fx,) = comfy.run("HonestFaceFacexlibLoader", detector="none", parser="parsenet")
     assert fx.detector is None and fx.parser is not None
+    (fx2,) = comfy.run("HonestFaceFacexlibLoader", detector="retinaface_mobilenet0.25", parser="none")
+    assert fx2.detector is not None and fx2.parser is None
+    # a parsing mask from the (random-weight) parser has the crops' shape and stays in [0, 1]
+    crops = torch.rand(2, 64, 64, 3)
+    from importlib import import_module
+
+    masks = import_module(comfy.pack.__name__ + ".nodes.detection").face_masks(None, fx, crops)
+    assert masks.shape == (2, 64, 64) and 0 <= float(masks.min()) and float(masks.max()) <= 1
 
 
 def test_detect_and_paste_back_real_photos(comfy, opencv, astronaut, caplog):
@@ -140,6 +148,15 @@ def test_detect_and_paste_back_real_photos(comfy, opencv, astronaut, caplog):
     (out2,) = comfy.run("HonestFacePasteFacesBack", image=images, faces=faces, crops=crops, mask="feathered",
                         color_correction="adain")
     assert out2.shape == images.shape
+
+
+def test_batch_without_any_face_passes_through(comfy, opencv):
+    images = torch.full((2, 96, 128, 3), 0.4)
+    crops, masks, faces = comfy.run("HonestFaceDetectFaces", image=images, faces="all", crop_size=128, opencv=opencv)
+    assert crops.shape == (0, 128, 128, 3) and masks.shape == (0, 128, 128) and len(faces.faces) == 0
+    (out,) = comfy.run("HonestFacePasteFacesBack", image=images, faces=faces, crops=crops, mask="auto",
+                       color_correction="wavelet")
+    assert torch.equal(out, images)
 
 
 def test_face_selection(comfy, opencv, group_photo):
@@ -194,10 +211,15 @@ def test_references_folder_topk_and_identity_sets(comfy, opencv, photos_dir, ast
         cv2.imwrite(str(refs_dir / n), cv2.cvtColor(_small(read_rgb(photos_dir / n)), cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(refs_dir / "zz_blank.png"), np.full((200, 200, 3), 90, np.uint8))
     target = _tensor(_small(read_rgb(photos_dir / "obama3.jpg")))
+    node = comfy.pack_nodes["HonestFaceLoadReferences"]
+    before = node.IS_CHANGED(folder="refs_person", top_k=2)
     refs, preview, status = comfy.run("HonestFaceLoadReferences", folder="refs_person", top_k=2, crop_size=128,
                                       target=target, opencv=opencv)
     assert refs.names == ["obama.jpg", "obama2.jpg"] and preview.shape == (2, 128, 128, 3)
     assert "biden.jpg: skipped: not in top 2" in status and "zz_blank.png: skipped: no face found" in status
+    assert node.IS_CHANGED(folder="refs_person") == before
+    (refs_dir / "zz_blank.png").unlink()
+    assert node.IS_CHANGED(folder="refs_person") != before  # a changed folder is re-read, not served from cache
     # batch + folder together, no top-k
     refs_all, _, _ = comfy.run("HonestFaceLoadReferences", folder="refs_person", top_k=0, crop_size=128,
                                images=_tensor(astronaut), opencv=opencv)

@@ -78,9 +78,10 @@ def test_vectorised_selection_matches_reference_loop(seed):
 
 
 def test_selection_with_few_distinct_codes_pads_zero_rows():
-    codebook = torch.randn(100, 8)
-    z = codebook[torch.tensor([3, 7, 3, 9] * 64)].t().reshape(1, 8, 16, 16) + 0.001
-    z = torch.cat([z, torch.randn(1, 8, 16, 16)])
+    gen = torch.Generator().manual_seed(0)
+    codebook = torch.randn(100, 8, generator=gen)
+    z = codebook[torch.tensor([3, 7, 3, 9] * 64)].t().reshape(1, 8, 16, 16) + 0.01 * torch.randn(1, 8, 16, 16, generator=gen)
+    z = torch.cat([z, torch.randn(1, 8, 16, 16, generator=gen)])
     tokens, idx = select_codebook_tokens(z, codebook, 77)
     assert sorted(idx[0, :3].tolist()) == [3, 7, 9] and torch.all(idx[0, 3:] == -1)
     assert torch.all(tokens[0, 3:] == 0) and torch.equal(idx, reference_selection(z, codebook, 77))

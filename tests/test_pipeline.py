@@ -1,0 +1,161 @@
+"""Restoration pipeline with the tiny random-weight models: batching, chunking, caching, pass-through, CLI.
+
+The tiny model's outputs are noise-like (random weights); the tests check shapes, equivalences and that
+nothing outside the pasted faces changes, never what a face looks like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from honestface_core.alignment import align_faces
+from honestface_core.cli import main as cli_main
+from honestface_core.detection import YuNetDetector, detect_faces
+from honestface_core.errors import HonestFaceError
+from honestface_core.images import uint8_to_tensor
+from honestface_core.pipeline import (BackboneIdentityEncoder, load_restorer, reference_key, restore_crops,
+                                      restore_images)
+from honestface_core.references import ReferenceSet, prepare_references
+
+from conftest import read_rgb
+
+
+@pytest.fixture(scope="module")
+def model(test_models_dir):
+    return load_restorer(test_models_dir, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def detector(yunet_path):
+    return YuNetDetector(yunet_path)
+
+
+@pytest.fixture(scope="module")
+def refs(model, detector, photos_dir) -> ReferenceSet:
+    images = [(n, read_rgb(photos_dir / n)) for n in ("obama.jpg", "obama2.jpg")]
+    return prepare_references(images, detector, BackboneIdentityEncoder(model))
+
+
+@pytest.fixture(scope="module")
+def astronaut_crops(astronaut, detector) -> torch.Tensor:
+    """Two real aligned face crops: the astronaut's face and its mirror image."""
+    image = uint8_to_tensor(astronaut)
+    faces = detect_faces(detector, image, "largest")
+    assert len(faces) == 1
+    crop = align_faces(image, faces).crops
+    return torch.cat([crop, crop.flip(2)])
+
+
+def test_model_has_backbone_and_refs_use_it(model, refs):
+    assert model.backbone is not None
+    assert len(refs) == 2 and refs.embeddings.shape == (2, model.config.identity.embedding_dim)
+    assert refs.encoder_name == f"arcface:{model.config.features.backbone}"
+
+
+@pytest.fixture(scope="module")
+def per_face(model, refs, astronaut_crops) -> torch.Tensor:
+    calls = []
+    out = restore_crops(model, astronaut_crops, refs, chunk_size=1, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 2), (2, 2)]
+    return out
+
+
+def test_batch_equals_per_face_and_reference_cache(model, refs, astronaut_crops, per_face):
+    calls = []
+    batch = restore_crops(model, astronaut_crops, refs, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(2, 2)]  # one UNet batch for both faces
+    assert batch.shape == astronaut_crops.shape and batch.dtype == torch.float32
+    assert 0 <= batch.min() and batch.max() <= 1
+    # batched vs single convolutions differ in rounding; the random tiny model amplifies it at a few pixels
+    diff = (batch - per_face).abs()
+    assert diff.mean() < 2e-4 and diff.max() < 0.05
+    cache = model.__dict__["_honestface_reference_cache"]
+    assert len(cache) == 1 and next(iter(cache))[0] == reference_key(refs)
+    blind = restore_crops(model, astronaut_crops[:1], None)
+    assert (blind - batch[:1]).abs().max() > 1e-3  # references change the prompt, hence the result
+
+
+def test_out_of_memory_halves_the_chunk(model, refs, astronaut_crops, per_face, monkeypatch):
+    """A device that cannot fit two faces: the chunk is halved and the result is the per-face one."""
+    real_forward = type(model).forward
+    sizes = []
+
+    def forward_with_limit(self, lq, refs=None, clamp=True):
+        sizes.append(lq.shape[0])
+        if lq.shape[0] > 1:
+            raise torch.OutOfMemoryError("simulated: 2 faces do not fit")
+        return real_forward(self, lq, refs, clamp)
+
+    monkeypatch.setattr(type(model), "forward", forward_with_limit)
+    out = restore_crops(model, astronaut_crops, refs)
+    assert sizes == [2, 1, 1]
+    torch.testing.assert_close(out, per_face, atol=1e-6, rtol=0)
+    monkeypatch.setattr(type(model), "forward", lambda self, lq, refs=None, clamp=True: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("simulated")))
+    with pytest.raises(HonestFaceError, match="one face does not fit"):
+        restore_crops(model, astronaut_crops[:1], refs)
+
+
+def test_references_of_another_embedding_size_are_refused(model, astronaut_crops):
+    sface_refs = ReferenceSet(astronaut_crops[:1], torch.nn.functional.normalize(torch.randn(1, 128), dim=-1),
+                              ["a.jpg"], ["a.jpg: ok"], "sface")
+    with pytest.raises(HonestFaceError, match="128-d embeddings.*sface.*512-d ArcFace"):
+        restore_crops(model, astronaut_crops, sface_refs)
+
+
+def test_restore_images_changes_only_the_face(model, refs, detector, astronaut):
+    image = uint8_to_tensor(astronaut)
+    result = restore_images(model, image, detector, refs, "all")
+    assert result.images.shape == image.shape and len(result.faces) == 1 and not result.messages
+    changed = (result.images - image).abs().amax(-1)[0] > 1e-6
+    assert changed.any()
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    box = result.faces.faces[0].box
+    w, h = box[2] - box[0], box[3] - box[1]
+    # every changed pixel lies near the detected face (the crop covers about 3x the box)
+    assert xs.min() >= box[0] - 1.5 * w and xs.max() <= box[2] + 1.5 * w
+    assert ys.min() >= box[1] - 1.5 * h and ys.max() <= box[3] + 1.5 * h
+    assert not changed[-20:, :].any() and not changed[:, -20:].any()
+
+
+def test_no_face_passes_through(model, detector):
+    image = torch.full((1, 96, 128, 3), 0.5)
+    image[:, 40:60, 50:90] = 0.2
+    result = restore_images(model, image, detector, None)
+    torch.testing.assert_close(result.images, image, atol=0, rtol=0)
+    assert len(result.faces) == 0 and "no face found in any image" in result.messages[0]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_restore_writes_new_file_and_never_overwrites(test_models_dir, astronaut, photos_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    src = out / "astronaut.png"  # the input lives in the output folder
+    Image.fromarray(astronaut).save(src)
+    taken = out / "astronaut_honestface.png"  # and the default output name is already taken
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(taken)
+    before = {p: _sha(p) for p in (src, taken)}
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for name in ("obama.jpg", "obama3.jpg"):
+        (refs / name).write_bytes((photos_dir / name).read_bytes())
+    code = cli_main(["restore", str(src), "--refs", str(refs), "--out", str(out), "--models", str(test_models_dir),
+                     "--detector", "yunet", "--device", "cpu", "--dtype", "fp32"])
+    assert code == 0
+    assert {p: _sha(p) for p in (src, taken)} == before
+    new = out / "astronaut_honestface_1.png"
+    assert new.is_file() and "1 face(s) restored" in capsys.readouterr().out
+    restored = np.asarray(Image.open(new))
+    assert restored.shape == astronaut.shape and not np.array_equal(restored, astronaut)
+    assert np.array_equal(restored[-20:], astronaut[-20:])  # far from the face: untouched
+    assert cli_main(["restore", str(src), "--out", str(out), "--models", str(test_models_dir)]) == 2
+    assert "--refs" in capsys.readouterr().err
