@@ -47,7 +47,10 @@ def add_parser(subparsers) -> None:
 
 
 class Timer:
-    """Median wall time of a callable (CUDA synchronised) and the peak memory while it ran."""
+    """Median wall time (CUDA synchronised) and process CPU time of a callable, and the peak memory while it ran.
+
+    On CPU the overhead ratio uses CPU time: on a shared machine wall time also counts other processes' load.
+    """
 
     def __init__(self, device, repeats: int, warmup: int):
         import torch
@@ -66,21 +69,31 @@ class Timer:
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak)
 
-    def __call__(self, fn: Callable[[], object]) -> tuple[float, float, object]:
+    def once(self, fn: Callable[[], object]) -> tuple[float, float, object]:
+        self._sync()
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        self._sync()
+        return time.perf_counter() - wall, time.process_time() - cpu, out
+
+    def __call__(self, *fns: Callable[[], object]) -> list[dict]:
+        """Measure ``fns`` interleaved (a, b, a, b, ...) so that load changes hit them alike."""
         with self.torch.inference_mode():
             for _ in range(self.warmup):
-                fn()
+                for fn in fns:
+                    fn()
             if self.device.type == "cuda":
                 self.torch.cuda.reset_peak_memory_stats(self.device)
-            times = []
-            out = None
+            runs: list[list[tuple[float, float, object]]] = [[] for _ in fns]
             for _ in range(self.repeats):
-                self._sync()
-                t0 = time.perf_counter()
-                out = fn()
-                self._sync()
-                times.append(time.perf_counter() - t0)
-        return statistics.median(times), self.peak_mib(), out
+                for i, fn in enumerate(fns):
+                    runs[i].append(self.once(fn))
+        return [{"seconds": statistics.median(r[0] for r in rs), "cpu_seconds": statistics.median(r[1] for r in rs),
+                 "peak_mib": self.peak_mib(), "out": rs[-1][2]} for rs in runs]
+
+    def cost(self, m: dict) -> float:
+        """The time the overhead ratio uses: wall on GPUs, process CPU time on CPU."""
+        return m["seconds"] if self.device.type == "cuda" else m["cpu_seconds"]
 
 
 def build_bench_model(size: str, device, dtype):
@@ -150,9 +163,10 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
     stages: dict[str, dict[str, float]] = {}
 
     def stage(name: str, fn: Callable[[], object]):
-        seconds, peak, out = timer(fn)
-        stages[name] = {"seconds": seconds, "peak_mib": peak}
-        return out
+        m = timer(fn)[0]
+        stages[name] = {k: m[k] for k in ("seconds", "cpu_seconds", "peak_mib")}
+        print(f"  {n} face(s) {name}: {m['seconds']:.3f} s (cpu {m['cpu_seconds']:.3f} s)", file=sys.stderr)
+        return m["out"]
 
     if detector is not None:
         frame = tensor_to_uint8(image)[0]
@@ -171,8 +185,9 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
     lq = crops_to_model(aligned.crops, model)
     stage("VRE", lambda: model.prompt_lq(lq))
     prompt = stage("prompt", lambda: model.encode_prompt(lq, pieces.batch(n)))
-    stages["embedders + fusion"] = {"seconds": max(0.0, stages.pop("prompt")["seconds"] - stages["VRE"]["seconds"]),
-                                    "peak_mib": stages["VRE"]["peak_mib"]}
+    total = stages.pop("prompt")
+    stages["embedders + fusion"] = {k: max(0.0, total[k] - stages["VRE"][k]) for k in ("seconds", "cpu_seconds")}
+    stages["embedders + fusion"]["peak_mib"] = total["peak_mib"]
     gen = model.generator
     z = stage("VAE encode", lambda: gen.encode(lq))
     z_hat = stage("UNet", lambda: gen.denoise(z, prompt))
@@ -181,35 +196,44 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
     stage("paste-back", lambda: paste_back(image, crops_out, aligned.matrices, aligned.image_index))
 
     random_prompt = torch.randn_like(prompt)
-    bare, bare_peak, _ = timer(lambda: gen.decode(gen.denoise(gen.encode(lq), random_prompt)))
-    pipe, pipe_peak, _ = timer(lambda: restore_crops(model, aligned.crops, refs))
-    result = {"faces": n, "refs": k, "stages": stages, "bare_vae_unet_seconds": bare, "bare_peak_mib": bare_peak,
-              "restore_crops_seconds": pipe, "restore_crops_peak_mib": pipe_peak, "overhead": pipe / bare - 1.0,
-              "per_face_seconds_one_call": pipe / n}
+    bare, pipe = timer(lambda: gen.decode(gen.denoise(gen.encode(lq), random_prompt)),
+                       lambda: restore_crops(model, aligned.crops, refs))
+    result = {"faces": n, "refs": k, "stages": stages,
+              "bare_vae_unet": {k: bare[k] for k in ("seconds", "cpu_seconds", "peak_mib")},
+              "restore_crops": {k: pipe[k] for k in ("seconds", "cpu_seconds", "peak_mib")},
+              "overhead": timer.cost(pipe) / timer.cost(bare) - 1.0, "per_face_one_call": timer.cost(pipe) / n}
     if n > 1:
-        singles, _, _ = timer(lambda: [restore_crops(model, aligned.crops[i:i + 1], refs) for i in range(n)])
-        result["per_face_seconds_single_calls"] = singles / n
+        singles = timer(lambda: [restore_crops(model, aligned.crops[i:i + 1], refs) for i in range(n)])[0]
+        result["per_face_single_calls"] = timer.cost(singles) / n
+    print(f"  {n} face(s): overhead {100 * result['overhead']:+.1f}%", file=sys.stderr)
     return result
 
 
 def format_table(report: dict) -> str:
-    """Markdown tables: stage times per face count, then overhead and batching."""
+    """Markdown tables: stage times and peak memory per face count, then overhead and batching."""
     runs = report["runs"]
-    head = "| stage | " + " | ".join(f"{r['faces']} face(s): s | peak MiB" for r in runs) + " |"
-    lines = [head, "|---|" + "---|---|" * len(runs)]
+    cpu = report["device"] == "cpu"
+    unit = "wall s / cpu s" if cpu else "s"
+    lines = ["| stage | " + " | ".join(f"{r['faces']} face(s): {unit} | peak MiB" for r in runs) + " |",
+             "|---|" + "---|---|" * len(runs)]
+
+    def cell(m: dict) -> str:
+        return f"{m['seconds']:.2f} / {m['cpu_seconds']:.2f}" if cpu else f"{m['seconds']:.4f}"
+
     for name in STAGES:
         cells = []
         for r in runs:
-            s = r["stages"].get(name)
-            cells += [f"{s['seconds']:.3f}", f"{s['peak_mib']:.0f}"] if s else ["n/a", ""]
+            m = r["stages"].get(name)
+            cells += [cell(m), f"{m['peak_mib']:.0f}"] if m else ["n/a", ""]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "| faces | bare VAE+UNet s | restore_crops s | overhead | per face, one call s | per face, single calls s |",
-              "|---|---|---|---|---|---|"]
+    basis = "process CPU time" if cpu else "wall time"
+    lines += ["", f"| faces | bare VAE+UNet ({unit}) | restore_crops ({unit}) | overhead ({basis}) | per face, one call | "
+              "per face, single calls |", "|---|---|---|---|---|---|"]
     for r in runs:
-        single = r.get("per_face_seconds_single_calls")
-        lines.append(f"| {r['faces']} | {r['bare_vae_unet_seconds']:.3f} | {r['restore_crops_seconds']:.3f} | "
-                     f"{100 * r['overhead']:+.1f}% | {r['per_face_seconds_one_call']:.3f} | "
-                     f"{'' if single is None else f'{single:.3f}'} |")
+        single = r.get("per_face_single_calls")
+        lines.append(f"| {r['faces']} | {cell(r['bare_vae_unet'])} | {cell(r['restore_crops'])} | "
+                     f"{100 * r['overhead']:+.1f}% | {r['per_face_one_call']:.3f} s | "
+                     f"{'' if single is None else f'{single:.3f} s'} |")
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import HonestFaceError
+from .errors import HonestFaceError, MissingModelError
 from .images import tensor_to_uint8
 
 DLIB68_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -93,8 +93,6 @@ class DlibLandmarks:
                                   "pip install dlib-bin face-recognition-models (the 'eval' extra)") from err
         path = os.fspath(predictor_path)
         if not os.path.isfile(path):
-            from .errors import MissingModelError
-
             raise MissingModelError(os.path.basename(path), os.path.dirname(path) or ".",
                                     "http://dlib.net/files/ or `pip install face-recognition-models`")
         try:

@@ -87,12 +87,12 @@ def test_aligned_crops_and_random_weight_loaders(comfy, test_models_dir):
     """AWing from the random-weight facexlib file and insightface 106/68 from the random pack load and run
     through the node's real paths (outputs are meaningless: only shapes are checked)."""
     (awing,) = comfy.run("HonestFaceLandmarkLoader", model="wflw98")
-    crops = torch.rand(2, 256, 256, 3)
+    crops = torch.rand(1, 256, 256, 3)
     out = comfy.run("HonestFaceLandmarkEvaluation", restored=crops, ground_truth=crops.flip(1),
                     input_kind="aligned crops", insightface_scheme="ins106 (2d106det)", landmark_model=awing)
     report = json.loads(out["result"][6])
-    assert report["scheme"] == "wflw98" and len(report["per_image"]["ALD"]) == 2
-    assert out["result"][4] == -1.0 and out["result"][7].shape == (2, 512, 512, 3)  # no identity model: Deg -1
+    assert report["scheme"] == "wflw98" and len(report["per_image"]["ALD"]) == 1
+    assert out["result"][4] == -1.0 and out["result"][7].shape == (1, 512, 512, 3)  # no identity model: Deg -1
 
     from honestface_core.insightface_models import load_face_analysis
     from honestface_core.landmarks import InsightFaceLandmarks
@@ -100,7 +100,7 @@ def test_aligned_crops_and_random_weight_loaders(comfy, test_models_dir):
     app = load_face_analysis(test_models_dir, "buffalo_l", allowed_modules=("detection", "landmark_2d_106", "landmark_3d_68"))
     for scheme, n in (("ins106", 106), ("ins68", 68)):
         lm = InsightFaceLandmarks(app, scheme).detect(crops)
-        assert lm.points.shape == (2, n, 2) and lm.scheme == scheme
+        assert lm.points.shape == (1, n, 2) and lm.scheme == scheme
 
 
 def test_bad_input(comfy, dlib):

@@ -92,3 +92,22 @@ def test_frechet_distance_known_case():
     b = rng.normal(0, 1, (4000, 3)) + [2.0, 0, 0]
     assert iq.frechet_distance(a, b) == pytest.approx(4.0, abs=0.25)  # |mu1-mu2|^2 with equal covariances
     assert iq.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_features_real_loading_path_with_random_weights(tmp_path):
+    """A random-weight Inception-v3 file in torchvision's format loads through the real path; FID enters the report."""
+    from torchvision.models import inception_v3
+
+    from honestface_core.metrics.evaluate import build_report
+
+    torch.manual_seed(0)
+    (tmp_path / "torchvision").mkdir()
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(),
+               tmp_path / "torchvision" / iq.TV_FILES["inception"])
+    feats = iq.InceptionFeatures(tmp_path)(torch.rand(3, 64, 64, 3))
+    assert feats.shape == (3, 2048) and np.isfinite(feats).all()
+    rows = [{"file": f"f{i}", "status": "ok", "notes": [], "PSNR": 30.0 + i, "_inception": feats[[i, (i + 1) % 3]]}
+            for i in range(3)]
+    report = build_report(rows, {}, [])
+    assert "FID" in report["columns"] and report["mean"]["FID"] >= 0 and report["mean"]["PSNR"] == pytest.approx(31.0)
+    assert all("_inception" not in r for r in report["rows"])

@@ -173,3 +173,10 @@ def test_region_tables():
 def test_bad_input(pred, gt, scheme, match):
     with pytest.raises(HonestFaceError, match=match):
         landmark_distances(pred, gt, scheme)
+
+
+def test_benchmark_script_runs():
+    from honestface_core.metrics.bench_landmarks import run
+
+    r = run(pairs=2000, scheme="ins106", repeats=1)
+    assert r["pairs"] == 2000 and r["points"] == 106 and r["seconds"] > 0 and r["pairs_per_second"] > 0

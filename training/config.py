@@ -54,6 +54,7 @@ class ModelConfig:
     base: str = ""
     vre_checkpoint: str = ""  # stage-1 output (our safetensors) or OSDFace associate_2.ckpt
     init_bundle: str = ""  # start from an exported bundle
+    tiny_vae_steps: int = 0  # tiny variant without a base: fit the tiny VAE on the crops first (training/tiny_base.py)
 
 
 @dataclass

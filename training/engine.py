@@ -95,7 +95,7 @@ class Trainer:
                                               log=self.print, **kwargs)
 
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, self.output)
+        self.model = build_model(cfg, self.output, self.dataset)
         if tc.gradient_checkpointing:
             self.model.generator.unet.enable_gradient_checkpointing()
             self.model.generator.vae.enable_gradient_checkpointing()
@@ -103,7 +103,8 @@ class Trainer:
         alphas = self._alphas_cumprod()
         self.disc = LatentDiscriminator(self.model.generator.vae.config.latent_channels, self.model.config.prompt_dim,
                                         alphas, cfg.discriminator.channels, cfg.discriminator.depth, cfg.discriminator.noise_t)
-        self.perceptual = build_perceptual(cfg.losses.perceptual_kind, cfg.losses.lpips_vgg, cfg.losses.lpips_lin)
+        self.perceptual = (build_perceptual(cfg.losses.perceptual_kind, cfg.losses.lpips_vgg, cfg.losses.lpips_lin)
+                           if cfg.losses.perceptual > 0 else nn.Identity())
         self.backbone = self.model.backbone
         self.parser = load_face_parser(cfg.losses.parser, cfg.data.models_dir or default_models_dir()) if cfg.losses.parser else None
 
@@ -176,7 +177,7 @@ class Trainer:
             self.disc.requires_grad_(True)
         weights = {"mse": lc.mse, "per": lc.perceptual, "id": lc.identity, "mfa": lc.mfa, "gan": lc.gan}
         total = sum(weights[k] * v for k, v in terms.items())
-        return total, {k: float(v) for k, v in terms.items()}, (z_hat.detach().float(), z_h.detach().float(), prompt.detach().float())
+        return total, {k: float(v.detach()) for k, v in terms.items()}, (z_hat.detach().float(), z_h.detach().float(), prompt.detach().float())
 
     def discriminator_loss(self, z_fake: torch.Tensor, z_real: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, dict]:
         d = self.acc.unwrap_model(self.disc)

@@ -1,8 +1,8 @@
 """Build the HonestFace model for training and run the training forward pass.
 
 - :func:`model_config_for`: ``HonestFaceConfig`` from ``model.variant`` (``tiny`` / ``sd21``) + ``model.overrides``.
-- :func:`build_model`: base UNet/VAE (a local diffusers folder; for ``tiny`` without a base a random-weight tiny
-  base is written once to ``<output>/base`` and loaded from there like a real one), face backbone (insightface
+- :func:`build_model`: base UNet/VAE (a local diffusers folder; for ``tiny`` without a base a tiny base is written
+  once to ``<output>/base`` and loaded from there like a real one), face backbone (insightface
   ArcFace ONNX; random-weight file for ``tiny``), optional stage-1 VRE, fresh LoRA, optional init bundle.
 - :class:`TrainingForward`: one module whose ``forward`` returns everything the losses and the discriminator
   need, so DDP/FSDP wrap a single call.
@@ -40,18 +40,6 @@ def model_config_for(cfg: TrainConfig) -> HonestFaceConfig:
     return HonestFaceConfig.from_dict(_deep_merge(base.to_dict(), cfg.model.overrides))
 
 
-def write_random_base(folder: Path, mcfg: HonestFaceConfig, seed: int) -> Path:
-    """Write a random-weight UNet + VAE (diffusers folder layout, safetensors) for the tiny variant, once."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    if not (folder / "unet" / "config.json").is_file():
-        torch.manual_seed(seed)
-        UNet2DConditionModel.from_config(mcfg.generator.unet).save_pretrained(folder / "unet")
-        AutoencoderKL.from_config(mcfg.generator.vae).save_pretrained(folder / "vae")
-        (folder / "RANDOM_WEIGHTS_README.txt").write_text("Random-weight tiny base written by training/modeling.py for tests/CI.\n")
-    return folder
-
-
 def load_base(base: str | Path):
     """UNet and VAE from a local diffusers folder (``unet/``, ``vae/``). Nothing is downloaded."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -80,10 +68,11 @@ def load_backbone(path: str | Path, mcfg: HonestFaceConfig) -> FaceBackbone:
     return FaceBackbone(net, feature_stage=net.widths.index(want) + 1)
 
 
-def build_model(cfg: TrainConfig, workdir: str | Path) -> HonestFaceModel:
+def build_model(cfg: TrainConfig, workdir: str | Path, dataset=None) -> HonestFaceModel:
     """The model to train (frozen parts frozen by the model itself), on CPU, in float32.
 
-    ``workdir`` receives the random-weight tiny base/backbone when the tiny variant has no ``model.base``.
+    ``workdir`` receives the tiny base (see :mod:`training.tiny_base`, its VAE fitted on ``dataset``) and a
+    random-weight backbone when the tiny variant has no ``model.base`` / ``losses.face_backbone``.
     """
     from safetensors.torch import load_file
 
@@ -92,7 +81,9 @@ def build_model(cfg: TrainConfig, workdir: str | Path) -> HonestFaceModel:
     base = cfg.model.base
     backbone_path = cfg.losses.face_backbone
     if cfg.model.variant == "tiny" and not base:
-        base = write_random_base(workdir / "base", mcfg, cfg.seed)
+        from training.tiny_base import write_tiny_base
+
+        base = write_tiny_base(workdir / "base", mcfg, dataset, cfg.model.tiny_vae_steps if dataset is not None else 0, cfg.seed)
     if cfg.model.variant == "tiny" and not backbone_path:
         from honestface_core.model.iresnet import write_arcface_onnx
 

@@ -152,6 +152,7 @@ class FolderEvaluator:
     lpips: Any | None = None
     inception: Any | None = None
     skipped: list[str] = field(default_factory=list)
+    _ref_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_options(cls, landmarks: str = "dlib68", models_dir: str | os.PathLike = "models", aligned: bool = False,
@@ -211,7 +212,14 @@ class FolderEvaluator:
         return aligned.crops[:1], aligned.crops[1:], notes
 
     def reference_embeddings(self, paths: list[Path]) -> tuple[Any, list[str]]:
-        """Mean-able ``(K, D)`` embeddings of the reference images (faces aligned like the inputs) and notes."""
+        """``(K, D)`` embeddings of the reference images (faces aligned like the inputs) and notes; cached, since a
+        shared reference folder serves every image."""
+        key = tuple(paths)
+        if key not in self._ref_cache:
+            self._ref_cache[key] = self._embed_references(paths)
+        return self._ref_cache[key]
+
+    def _embed_references(self, paths: list[Path]) -> tuple[Any, list[str]]:
         from ..alignment import align_faces
         from ..detection import detect_faces
         from ..images import load_image, uint8_to_tensor

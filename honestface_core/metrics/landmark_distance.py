@@ -111,14 +111,14 @@ def _distances(p: np.ndarray, q: np.ndarray, eyes: np.ndarray, mouth: np.ndarray
     """Core of :func:`landmark_distances` on ``(B, N, 2)`` float64, in x/y planes for contiguous memory access."""
     px, py = np.ascontiguousarray(p[..., 0]), np.ascontiguousarray(p[..., 1])
     qx, qy = np.ascontiguousarray(q[..., 0]), np.ascontiguousarray(q[..., 1])
-    missing = np.isnan(px.sum(-1) + py.sum(-1) + qx.sum(-1) + qy.sum(-1))
+    mpx, mpy = px.mean(-1, keepdims=True), py.mean(-1, keepdims=True)
+    mqx, mqy = qx.mean(-1, keepdims=True), qy.mean(-1, keepdims=True)
+    missing = np.isnan(mpx + mpy + mqx + mqy)[:, 0]  # a NaN anywhere makes its set's mean NaN
     if missing.any():
-        for arr in (px, py, qx, qy):
+        for arr in (px, py, qx, qy, mpx, mpy, mqx, mqy):
             arr[missing] = 0.0
     dx, dy = px - qx, py - qy
     l2 = np.sqrt(dx * dx + dy * dy).mean(-1)
-    mpx, mpy = px.mean(-1, keepdims=True), py.mean(-1, keepdims=True)
-    mqx, mqy = qx.mean(-1, keepdims=True), qy.mean(-1, keepdims=True)
     x, y, u, v = px - mpx, py - mpy, qx - mqx, qy - mqy
     sxx, sxy, syy = np.einsum("bn,bn->b", x, x), np.einsum("bn,bn->b", x, y), np.einsum("bn,bn->b", y, y)
     sxu, sxv = np.einsum("bn,bn->b", x, u), np.einsum("bn,bn->b", x, v)

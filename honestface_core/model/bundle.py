@@ -86,12 +86,13 @@ def read_bundle(path: str | os.PathLike) -> tuple[HonestFaceConfig, dict[str, to
     return config, tensors
 
 
-def check_base_matches(config: HonestFaceConfig, unet: Any, vae: Any, base: str | os.PathLike = "base model") -> None:
-    """Raise if the loaded UNet/VAE differ from the bundle's config in any structural hyper-parameter."""
-    diffs = [f"unet.{k}: base {_norm(unet.config.get(k))} != bundle {_norm(config.generator.unet.get(k))}"
-             for k in UNET_KEYS if _norm(unet.config.get(k)) != _norm(config.generator.unet.get(k))]
-    diffs += [f"vae.{k}: base {_norm(vae.config.get(k))} != bundle {_norm(config.generator.vae.get(k))}"
-              for k in VAE_KEYS if _norm(vae.config.get(k)) != _norm(config.generator.vae.get(k))]
+def check_base_matches(config: HonestFaceConfig, unet_config: dict[str, Any], vae_config: dict[str, Any],
+                       base: str | os.PathLike = "base model") -> None:
+    """Raise if the base UNet/VAE configs differ from the bundle's config in any structural hyper-parameter."""
+    diffs = [f"unet.{k}: base {_norm(unet_config.get(k))} != bundle {_norm(config.generator.unet.get(k))}"
+             for k in UNET_KEYS if _norm(unet_config.get(k)) != _norm(config.generator.unet.get(k))]
+    diffs += [f"vae.{k}: base {_norm(vae_config.get(k))} != bundle {_norm(config.generator.vae.get(k))}"
+              for k in VAE_KEYS if _norm(vae_config.get(k)) != _norm(config.generator.vae.get(k))]
     if diffs:
         raise HonestFaceError(f"base model '{base}'", "does not match the bundle's config: " + "; ".join(diffs),
                               "Use the SD-2.1-base model the bundle was trained on")
@@ -113,8 +114,16 @@ def load_honestface(bundle_path: str | os.PathLike, base_path: str | os.PathLike
             file); only needed to restore with references.
     """
     config, tensors = read_bundle(bundle_path)
+    folder_configs = [Path(base_path) / sub / "config.json" for sub in ("unet", "vae")]
+    if all(p.is_file() for p in folder_configs):  # check before reading weights of a mismatched base
+        try:
+            unet_config, vae_config = (json.loads(p.read_text()) for p in folder_configs)
+        except (OSError, ValueError) as exc:
+            raise HonestFaceError(f"base model folder '{base_path}'", f"has an unreadable config.json ({exc})",
+                                  "Use an intact SD-2.1-base diffusers folder") from exc
+        check_base_matches(config, unet_config, vae_config, base_path)
     unet, vae = load_base_model(base_path, config.generator.unet, config.generator.vae)
-    check_base_matches(config, unet, vae, base_path)
+    check_base_matches(config, dict(unet.config), dict(vae.config), base_path)
     if isinstance(backbone, (str, os.PathLike)):
         from .iresnet import FaceBackbone
 
@@ -123,11 +132,12 @@ def load_honestface(bundle_path: str | os.PathLike, base_path: str | os.PathLike
     lora_state = {k[len(LORA_PREFIX):]: v for k, v in tensors.items() if k.startswith(LORA_PREFIX)}
     module_state = {k: v for k, v in tensors.items() if not k.startswith(LORA_PREFIX)}
     what = f"HonestFace bundle '{bundle_path}'"
-    expected = {k for k in model.state_dict() if k.startswith(MODULE_PREFIXES)}
-    missing, unexpected = sorted(expected - set(module_state)), sorted(set(module_state) - expected)
-    if missing or unexpected:
-        raise HonestFaceError(what, f"does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]})",
-                              "Re-export the bundle with training/export.py")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(MODULE_PREFIXES)}
+    missing, unexpected = sorted(set(expected) - set(module_state)), sorted(set(module_state) - set(expected))
+    resized = sorted(k for k in set(expected) & set(module_state) if tuple(module_state[k].shape) != expected[k])
+    if missing or unexpected or resized:
+        raise HonestFaceError(what, f"does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                              f"wrong shape {resized[:3]})", "Re-export the bundle with training/export.py")
     try:
         model.load_state_dict(module_state, strict=False)
         if lora_state:

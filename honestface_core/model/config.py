@@ -104,6 +104,7 @@ class HonestFaceConfig:
     """The whole model. ``variant="osdface"`` runs OSDFace's blind model (prompt = p_L only)."""
 
     variant: str = "honestface"
+    image_size: int = 512  # side of the aligned crops the model restores (SD-2.1-base: 512)
     prompt_dim: int = 1024
     vre: VREConfig = field(default_factory=VREConfig)
     identity: IdentityEncoderConfig = field(default_factory=IdentityEncoderConfig)

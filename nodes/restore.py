@@ -1,0 +1,259 @@
+"""HonestFace model loader and one-step restore nodes (crops, and the all-in-one detect -> restore -> paste back)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+import torch
+
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.images import as_rgb_batch
+from honestface_core.model_paths import MODEL_FILES
+from honestface_core.pipeline import attach_backbone, restore_crops, restore_images
+
+from .detection import warn_images_without_faces
+from .types import (FACEANALYSIS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP,
+                    REFS, pick_detector)
+
+logger = logging.getLogger(__name__)
+
+MODEL = "HONESTFACE_MODEL"
+OSDFACE = "osdface (OSDFace's blind weights in honestface/osdface/)"
+BASE_FOLDER = "stable-diffusion-2-1-base"
+BASE_CHECKPOINT = next(m.filename for m in MODEL_FILES if m.folder == "checkpoints")
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+REFS_TOOLTIP = ("The person's references (HonestFace Load References / Load Identity Set). Leave unconnected to "
+                "restore blind.")
+CHUNK_TOOLTIP = ("Faces per UNet batch; 0 = all faces in one batch (fastest). Halved automatically when the GPU runs "
+                 "out of memory.")
+
+
+class HonestFaceModule(torch.nn.Module):
+    """Holds the model for ComfyUI's ModelPatcher, which keeps a plain ``device`` attribute on what it manages."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.honestface = model
+        self.device = device
+
+
+def bundle_choices() -> list[str]:
+    """Bundles in models/honestface (the default name first, so workflows validate before the file exists)."""
+    files = [f for f in folder_paths.get_filename_list("honestface") if f.endswith(".safetensors") and "/" not in
+             f.replace("\\", "/")]
+    default = "honestface.safetensors"
+    return [default] + sorted(set(files) - {default}) + [OSDFACE]
+
+
+def base_choices() -> list[str]:
+    """SD-2.1-base sources: diffusers folders (``diffusers/<name>``), then single-file checkpoints."""
+    folders = set()
+    for root in folder_paths.get_folder_paths("diffusers"):
+        if Path(root).is_dir():
+            folders.update(d.name for d in Path(root).iterdir() if (d / "unet").is_dir() and (d / "vae").is_dir())
+    ckpts = set(folder_paths.get_filename_list("checkpoints"))
+    return ([f"diffusers/{BASE_FOLDER}"] + [f"diffusers/{n}" for n in sorted(folders - {BASE_FOLDER})]
+            + [f"checkpoints/{BASE_CHECKPOINT}"] + [f"checkpoints/{n}" for n in sorted(ckpts - {BASE_CHECKPOINT})])
+
+
+def base_path(choice: str) -> Path:
+    kind, _, name = choice.partition("/")
+    if kind == "diffusers":
+        for root in folder_paths.get_folder_paths("diffusers"):
+            if (Path(root) / name / "unet").is_dir():
+                return Path(root) / name
+        raise MissingModelError(name, " or ".join(folder_paths.get_folder_paths("diffusers")),
+                                "a local SD-2.1-base diffusers folder (unet/, vae/)")
+    full = folder_paths.get_full_path("checkpoints", name)
+    if not full:
+        raise MissingModelError(name, " or ".join(folder_paths.get_folder_paths("checkpoints")), "an SD-2.1-base checkpoint")
+    return Path(full)
+
+
+def backbone_file(name: str) -> Path:
+    """``<name>.onnx`` (e.g. w600k_r50) in any insightface pack folder: the face backbone of the model."""
+    filename = f"{name}.onnx"
+    for root in folder_paths.get_folder_paths("insightface"):
+        packs = Path(root) / "models"
+        for path in sorted(packs.glob(f"*/{filename}")) if packs.is_dir() else []:
+            return path
+    pack = next((m.folder for m in MODEL_FILES if m.filename == filename), "insightface/models/buffalo_l")
+    raise MissingModelError(filename, Path(folder_paths.models_dir) / pack,
+                            "the insightface pack the model was trained with (buffalo_l or antelopev2)")
+
+
+def precision_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        if mm.should_use_bf16(device):
+            return torch.bfloat16
+        return torch.float16 if mm.should_use_fp16(device) else torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+
+
+def loaded_model(patcher):
+    """Let ComfyUI put the model on its device (offloading others as needed) and return the HonestFaceModel."""
+    mm.load_models_gpu([patcher])
+    model = patcher.model.honestface
+    return model.to(patcher.load_device)  # tensors outside parameter-holding leaf modules (buffers) follow too
+
+
+class HonestFaceModelLoader:
+    DESCRIPTION = ("Loads a HonestFace model: the trained bundle from models/honestface (or OSDFace's blind weights "
+                   "from models/honestface/osdface) on top of the Stable Diffusion 2.1-base UNet + VAE, from a diffusers "
+                   "folder in models/diffusers or a single-file checkpoint in models/checkpoints. The face backbone "
+                   "(the insightface ArcFace recogniser the bundle names, e.g. buffalo_l/w600k_r50.onnx) is needed to "
+                   "restore with references. ComfyUI's memory manager loads and offloads the model.")
+    CATEGORY = "HonestFace/loaders"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("honestface_model",)
+    OUTPUT_TOOLTIPS = ("The HonestFace restorer (VRE, embedders, fusion, UNet with the LoRA merged, VAE).",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": (bundle_choices(), {"tooltip": "HonestFace bundle (.safetensors) in models/honestface, or OSDFace's "
+                                         "three files in models/honestface/osdface (blind only)."}),
+            "base": (base_choices(), {"tooltip": "SD-2.1-base: a diffusers folder (models/diffusers/<name> with unet/ "
+                                      "and vae/) or a single-file checkpoint (models/checkpoints). No text encoder is used."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": "Weights' precision; 'auto' picks bf16 or fp16 where "
+                                       "the GPU supports it and fp32 on CPU."}),
+        }}
+
+    def load(self, model: str, base: str, precision: str):
+        from honestface_core.model.bundle import load_honestface
+        from honestface_core.model.osdface import load_osdface
+
+        device, offload = mm.get_torch_device(), mm.unet_offload_device()
+        dtype = precision_dtype(precision, device)
+        base_file = base_path(base)
+        if model == OSDFACE:
+            folder = next((Path(p) / "osdface" for p in folder_paths.get_folder_paths("honestface")
+                           if (Path(p) / "osdface").is_dir()), Path(folder_paths.models_dir) / "honestface" / "osdface")
+            net = load_osdface(folder, base_file, offload, dtype, merge_lora=True)
+        else:
+            bundle = folder_paths.get_full_path("honestface", model)
+            if not bundle:
+                raise MissingModelError(model, " or ".join(folder_paths.get_folder_paths("honestface")),
+                                        "train with training/ and export with training/export.py")
+            net = load_honestface(bundle, base_file, offload, dtype, merge_lora=True)
+            try:
+                attach_backbone(net, backbone_file(net.config.features.backbone))
+            except MissingModelError as err:
+                logger.warning("[HonestFace Model Loader] %s -- restoring with references needs it; blind works", err)
+        patcher = comfy.model_patcher.ModelPatcher(HonestFaceModule(net, offload), load_device=device,
+                                                   offload_device=offload, size=mm.module_size(net))
+        return (patcher,)
+
+
+def _progress_bar(total: int):
+    bar = comfy.utils.ProgressBar(total)
+    return lambda done, n: bar.update_absolute(done, n)
+
+
+class HonestFaceRestoreCrops:
+    DESCRIPTION = ("Restores aligned face crops (from HonestFace Detect Faces) in one step: all faces go through the "
+                   "UNet as one batch. With references the restored faces keep the person's identity; without them "
+                   "the model restores blind. Paste the result back with HonestFace Paste Faces Back.")
+    CATEGORY = "HonestFace/restore"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("restored_crops",)
+    OUTPUT_TOOLTIPS = ("The restored crops, same size and order as the input crops.",)
+    FUNCTION = "restore"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "honestface_model": (MODEL, {"tooltip": "From HonestFace Model Loader."}),
+                "crops": ("IMAGE", {"tooltip": "Aligned face crops (FFHQ template, 512x512 is native; other sizes are "
+                                    "resized to 512 and back)."}),
+                "chunk_size": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": CHUNK_TOOLTIP}),
+            },
+            "optional": {"references": (REFS, {"tooltip": REFS_TOOLTIP})},
+        }
+
+    def restore(self, honestface_model, crops, chunk_size: int, references=None):
+        if len(crops) == 0:
+            return (crops,)
+        crops = as_rgb_batch(crops, "crops")
+        model = loaded_model(honestface_model)
+        out = restore_crops(model, crops, references, chunk_size or None, progress=_progress_bar(len(crops)),
+                            interrupt=mm.throw_exception_if_processing_interrupted)
+        return (out.to(mm.intermediate_device()),)
+
+
+class HonestFaceRestoreFaces:
+    DESCRIPTION = ("All in one: finds the faces, aligns them, restores them in one UNet batch and pastes them back with "
+                   "a soft mask (the face parser's if the facexlib input has one, else feathered). Connect references "
+                   "for identity-preserving restoration, or leave them out to restore blind. Images without a face "
+                   "pass through unchanged. Connect exactly one detector: insightface, facexlib or OpenCV.")
+    CATEGORY = "HonestFace/restore"
+    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
+    RETURN_NAMES = ("image", "restored_crops", "info")
+    OUTPUT_TOOLTIPS = ("The images with the restored faces pasted back (same size as the input).",
+                       "The restored face crops (one per face).",
+                       "What was done: faces per image, references used, images without a face.")
+    FUNCTION = "restore"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "honestface_model": (MODEL, {"tooltip": "From HonestFace Model Loader."}),
+                "image": ("IMAGE", {"tooltip": "Images whose faces are restored (any batch size)."}),
+                "faces": ("STRING", {"default": "all", "tooltip": "Which faces of each image: 'all', 'largest', or face "
+                                     "numbers such as '0' or '0,2' (left to right from 0 in each image)."}),
+                "mask": (["auto", "parsing", "feathered"], {"tooltip": "Blend mask: 'parsing' uses the facexlib parser, "
+                         "'feathered' a soft-edged square, 'auto' the parser when one is connected."}),
+                "color_correction": (["none", "adain", "wavelet"], {"tooltip": "Match the restored face's colours to the "
+                                     "original: 'adain' (mean/std per channel) or 'wavelet' (low frequencies)."}),
+                "chunk_size": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": CHUNK_TOOLTIP}),
+            },
+            "optional": {
+                "references": (REFS, {"tooltip": REFS_TOOLTIP}),
+                "insightface": (FACEANALYSIS, {"tooltip": INSIGHTFACE_TOOLTIP}),
+                "facexlib": (FACEXLIB_HELPER, {"tooltip": FACEXLIB_TOOLTIP + " Its parser, if any, makes the paste mask."}),
+                "opencv": (OPENCV_FACE, {"tooltip": OPENCV_TOOLTIP}),
+            },
+        }
+
+    def restore(self, honestface_model, image, faces: str, mask: str, color_correction: str, chunk_size: int,
+                references=None, insightface=None, facexlib=None, opencv=None):
+        node = "HonestFace Restore Faces"
+        images = as_rgb_batch(image, "image")
+        parser = getattr(facexlib, "parser", None)
+        if mask == "parsing" and parser is None:
+            raise HonestFaceError(f"{node}: mask", "'parsing' needs a face parser",
+                                  "Connect a HonestFace facexlib loader with a parser, or choose 'feathered'")
+        detector = pick_detector(node, insightface=insightface, facexlib=facexlib, opencv=opencv)
+        model = loaded_model(honestface_model)
+        bar = comfy.utils.ProgressBar(1)
+        result = restore_images(model, images, detector, references, faces, parser=None if mask == "feathered" else parser,
+                                color_correction=color_correction, chunk_size=chunk_size or None,
+                                progress=lambda done, n: bar.update_absolute(done, n),
+                                interrupt=mm.throw_exception_if_processing_interrupted)
+        warn_images_without_faces(node, result.faces, images.shape[0])
+        counts = [int((result.faces.image_index == i).sum()) for i in range(images.shape[0])]
+        info = [f"restored {len(result.faces)} face(s) ({', '.join(map(str, counts))} per image), "
+                + (f"{len(references)} reference(s)" if references is not None and len(references) else "blind")]
+        info += result.messages
+        out_device = mm.intermediate_device()
+        return (result.images.to(out_device), result.restored.to(out_device), "\n".join(info))
+
+
+NODE_CLASS_MAPPINGS = {
+    "HonestFaceModelLoader": HonestFaceModelLoader,
+    "HonestFaceRestoreCrops": HonestFaceRestoreCrops,
+    "HonestFaceRestoreFaces": HonestFaceRestoreFaces,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "HonestFaceModelLoader": "HonestFace Model Loader",
+    "HonestFaceRestoreCrops": "HonestFace Restore Crops",
+    "HonestFaceRestoreFaces": "HonestFace Restore Faces",
+}
