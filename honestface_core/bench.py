@@ -205,7 +205,10 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
     if n > 1:
         singles = timer(lambda: [restore_crops(model, aligned.crops[i:i + 1], refs) for i in range(n)])[0]
         result["per_face_single_calls"] = timer.cost(singles) / n
-    print(f"  {n} face(s): overhead {100 * result['overhead']:+.1f}%", file=sys.stderr)
+        print(f"  {n} face(s): per face {result['per_face_one_call']:.3f} s in one call, "
+              f"{result['per_face_single_calls']:.3f} s in single calls", file=sys.stderr)
+    print(f"  {n} face(s): bare VAE+UNet {bare['seconds']:.3f} s (cpu {bare['cpu_seconds']:.3f} s), restore_crops "
+          f"{pipe['seconds']:.3f} s (cpu {pipe['cpu_seconds']:.3f} s), overhead {100 * result['overhead']:+.1f}%", file=sys.stderr)
     return result
 
 

@@ -1,8 +1,8 @@
 """Restore aligned face crops with a loaded HonestFace model, and whole images end to end.
 
 ``restore_crops``: every face of a call goes through the VAE and the UNet as one batch (split into chunks only
-when the device runs out of memory: the chunk is halved and retried). Reference pieces (crops on the model's
-device, ArcFace embeddings, backbone features) are computed once per identity set and cached on the model.
+when the device runs out of memory: the chunk is halved and retried). Reference pieces (ArcFace embeddings and
+backbone features of the references) are computed once per identity set and cached on the model.
 
 ``restore_images``: detect -> align -> restore -> paste back, on the model's device.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -197,4 +198,7 @@ def test_osdface_files_load_and_run(tmp_path, models, base):
     shutil.copytree(folder, bad)
     torch.save({"state_dict": {"vqvae_HQ.encoder.conv_in.weight": torch.zeros(1)}}, bad / "associate_2.ckpt")
     with pytest.raises(HonestFaceError, match="vqvae_LQ"):
+        load_osdface(bad, base)
+    torch.save({"state_dict": ckpt, "hyper_parameters": argparse.Namespace(lr=1.0)}, bad / "associate_2.ckpt")
+    with pytest.raises(HonestFaceError, match="could not be read safely"):  # weights_only=True refuses objects
         load_osdface(bad, base)

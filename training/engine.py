@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -144,8 +143,10 @@ class Trainer:
         tc = self.cfg.train
         sampler = PositionSampler(tc.batch_size, start=self.step * tc.grad_accum, rank=self.acc.process_index,
                                   world=self.acc.num_processes)
+        # a private generator: creating the iterator must not consume the global RNG (exact resume)
         return iter(torch.utils.data.DataLoader(self.dataset, batch_size=tc.batch_size, sampler=sampler,
                                                 num_workers=self.cfg.data.num_workers,
+                                                generator=torch.Generator().manual_seed(self.cfg.seed),
                                                 persistent_workers=self.cfg.data.num_workers > 0))
 
     def _to_device(self, batch: dict) -> dict:
@@ -186,7 +187,7 @@ class Trainer:
         real = self.disc(zr_t, prompt, tr)
         fake = self.disc(zf_t, prompt, tf)
         loss = discriminator_loss(real, fake, self.cfg.losses.gan_type)
-        return loss, {"d": float(loss), "d_real": float(real.mean()), "d_fake": float(fake.mean())}
+        return loss, {"d": float(loss.detach()), "d_real": float(real.detach().mean()), "d_fake": float(fake.detach().mean())}
 
     def train_step(self, loader) -> dict:
         """One optimiser step of G then D over ``grad_accum`` micro-batches."""
@@ -204,7 +205,7 @@ class Trainer:
             saved.append(tensors)
             for k, v in terms.items():
                 logs[k] = logs.get(k, 0.0) + v / tc.grad_accum
-            logs["loss_g"] = logs.get("loss_g", 0.0) + float(loss) / tc.grad_accum
+            logs["loss_g"] = logs.get("loss_g", 0.0) + float(loss.detach()) / tc.grad_accum
         if tc.grad_accum and self.cfg.optim.grad_clip > 0:
             logs["grad_norm_g"] = float(acc.clip_grad_norm_([p for p in self.forward.parameters() if p.requires_grad],
                                                             self.cfg.optim.grad_clip))
@@ -298,7 +299,7 @@ class Trainer:
         if not self.main:
             return None
         model = self.acc.unwrap_model(self.forward).model
-        tensors = {"generator": ckpt.trainable_state(model),
+        tensors = {"generator": ckpt.trainable_state(model), "vre": model.vre.state_dict(),
                    "discriminator": self.acc.unwrap_model(self.disc).state_dict()}
         if self.ema is not None:
             tensors["ema"] = self.ema.shadow
@@ -313,6 +314,7 @@ class Trainer:
     def _load(self, resume: str | Path) -> None:
         path, state = ckpt.load_checkpoint(resume)
         ckpt.load_trainable(self.model, ckpt.load_tensors(path, "generator"))
+        self.model.vre.load_state_dict(ckpt.load_tensors(path, "vre"))
         self.disc.load_state_dict(ckpt.load_tensors(path, "discriminator"))
         ema = ckpt.load_tensors(path, "ema")
         if self.ema is not None and ema is not None:

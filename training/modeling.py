@@ -11,12 +11,10 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.model.config import HonestFaceConfig
@@ -38,19 +36,6 @@ def model_config_for(cfg: TrainConfig) -> HonestFaceConfig:
         raise HonestFaceError("config 'model.variant'", f"unknown variant {cfg.model.variant!r}", "Use 'tiny' or 'sd21'")
     base = HonestFaceConfig.tiny() if cfg.model.variant == "tiny" else HonestFaceConfig()
     return HonestFaceConfig.from_dict(_deep_merge(base.to_dict(), cfg.model.overrides))
-
-
-def load_base(base: str | Path):
-    """UNet and VAE from a local diffusers folder (``unet/``, ``vae/``). Nothing is downloaded."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    base = Path(base)
-    for sub in ("unet", "vae"):
-        if not (base / sub / "config.json").is_file():
-            raise MissingModelError(f"{sub}/config.json", base, "a local SD-2.1-base diffusers folder")
-    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
-    return unet, vae
 
 
 def load_backbone(path: str | Path, mcfg: HonestFaceConfig) -> FaceBackbone:
@@ -96,7 +81,9 @@ def build_model(cfg: TrainConfig, workdir: str | Path, dataset=None) -> HonestFa
     if not backbone_path:
         raise HonestFaceError("config 'losses.face_backbone'", "is empty",
                               "Point it to an insightface recogniser ONNX (models/insightface/models/buffalo_l/w600k_r50.onnx)")
-    unet, vae = load_base(base)
+    from honestface_core.model.base_model import load_base_model
+
+    unet, vae = load_base_model(base, mcfg.generator.unet, mcfg.generator.vae)
     model = HonestFaceModel(mcfg, unet=unet, vae=vae, backbone=load_backbone(backbone_path, mcfg))
     if cfg.model.vre_checkpoint:
         vre = Path(cfg.model.vre_checkpoint)
@@ -105,14 +92,20 @@ def build_model(cfg: TrainConfig, workdir: str | Path, dataset=None) -> HonestFa
         if vre.suffix == ".safetensors":
             model.vre.load_state_dict(load_file(str(vre)))
         else:
-            from honestface_core.model import osdface
+            from honestface_core.model.osdface import read_vre_checkpoint
 
-            osdface.load_vre_checkpoint(model.vre, vre)
-    model.add_lora()
-    if cfg.model.init_bundle:
-        from honestface_core.model.bundle import load_trainable_from_bundle
+            model.vre.load_state_dict(read_vre_checkpoint(vre))
+    if cfg.model.init_bundle:  # continue from an exported bundle (its modules and LoRA)
+        from honestface_core.model import lora as lora_utils
+        from honestface_core.model.bundle import LORA_PREFIX, read_bundle
 
-        load_trainable_from_bundle(model, cfg.model.init_bundle)
+        _, tensors = read_bundle(cfg.model.init_bundle)
+        model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(LORA_PREFIX)}, strict=False)
+        lora_utils.load_lora_state_dict(model.generator.unet, {k[len(LORA_PREFIX):]: v for k, v in tensors.items()
+                                                               if k.startswith(LORA_PREFIX)}, mcfg.lora.alpha)
+        model.freeze_base()
+    else:
+        model.add_lora()
     model.base_paths = {"base": str(base), "backbone": str(backbone_path)}
     return model
 

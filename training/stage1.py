@@ -167,7 +167,7 @@ def train_stage1(cfg: TrainConfig, output: str | Path, log=print) -> Path:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            history[phase].append(float(loss))
+            history[phase].append(float(loss.detach()))
             if step % max(1, steps // 10) == 0 or step == steps - 1:
                 log(f"stage1 {phase} step {step + 1}/{steps} loss {float(loss):.4f} ({time.time() - t0:.1f}s)")
     meta = {"format": "honestface-vre", "vre_config": json.dumps(dataclasses.asdict(vcfg))}

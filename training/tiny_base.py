@@ -2,8 +2,10 @@
 
 SD-2.1's VAE is pretrained; a random tiny VAE cannot represent faces at all, so a frozen random VAE would make
 stage 2 meaningless. For the tiny variant only, the VAE is therefore first fitted as an autoencoder on the
-training crops (HQ and LQ, L1 + a small KL term) for ``model.tiny_vae_steps`` steps (our choice), then written
-with the random UNet as a diffusers folder and loaded like a real base.
+training crops (HQ and LQ, L1 + a small KL term) for ``model.tiny_vae_steps`` steps (our choice); its
+``scaling_factor`` is then set to 1 / std of the latents of those crops, the rule SD used to pick 0.18215, so the
+fixed t = 399 mixes signal and noise as it does for SD-2.1. The VAE and the random UNet are written as a
+diffusers folder and loaded like a real base.
 """
 
 from __future__ import annotations
@@ -48,10 +50,17 @@ def write_tiny_base(folder: Path, mcfg: HonestFaceConfig, dataset, vae_steps: in
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_config(mcfg.generator.unet)
     vae = AutoencoderKL.from_config(mcfg.generator.vae)
+    note = README
     if vae_steps > 0:
         losses = fit_vae(vae, dataset, vae_steps, seed=seed)
-        log(f"tiny base: VAE fitted for {vae_steps} steps (L1 {losses[0]:.3f} -> {losses[-1]:.3f})")
+        with torch.no_grad():
+            x = torch.stack([dataset[p]["hq"] for p in range(min(len(dataset), 16))])
+            std = float(vae.eval().encode(x).latent_dist.mode().std())
+        vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+        note += (f"VAE fitted for {vae_steps} steps (L1 {losses[0]:.3f} -> {losses[-1]:.3f}), "
+                 f"scaling factor {1.0 / max(std, 1e-6):.4f}\n")
+        log("tiny base: " + note.splitlines()[-1])
     unet.save_pretrained(folder / "unet")
     vae.eval().save_pretrained(folder / "vae")
-    (folder / "RANDOM_WEIGHTS_README.txt").write_text(README)
+    (folder / "RANDOM_WEIGHTS_README.txt").write_text(note)
     return folder

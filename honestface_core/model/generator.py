@@ -17,8 +17,9 @@ from .config import GeneratorConfig
 
 def alpha_bar(scheduler_config: dict, timestep: int) -> float:
     """``alphas_cumprod[timestep]`` of the diffusers DDPM scheduler built from ``scheduler_config``."""
-    scheduler = DDPMScheduler.from_config(scheduler_config)
-    return float(scheduler.alphas_cumprod[timestep])
+    with torch.device("cpu"):  # also when the model is built under a meta/cuda default device
+        scheduler = DDPMScheduler.from_config(scheduler_config)
+        return float(scheduler.alphas_cumprod[timestep])
 
 
 class OneStepGenerator(nn.Module):

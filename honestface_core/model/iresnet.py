@@ -522,6 +522,7 @@ class FaceBackbone(nn.Module):
 
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
             raise ValueError(f"expected (B, 3, S, S) crops, got {tuple(x.shape)}")
+        x = x.float()  # the warp runs in float32 (antialiased resize has no CPU bf16 kernel); cast after
         size, side = self.net.input_size, int(x.shape[-1])
         scale = float(torch.linalg.det(self._matrix(side)[:, :2]).abs().sqrt())
         if scale < 0.5:

@@ -41,7 +41,9 @@ def _torch_file(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise HonestFaceError(f"OSDFace file '{path}'", f"could not be read safely ({type(exc).__name__}: {str(exc)[:200]})",
-                              "Use the original OSDFace release file (only tensors are loaded, never code)") from exc
+                              "Use the original OSDFace release file. Only tensors are loaded, never pickled code; if the file "
+                              "holds other objects, re-save just its tensors (torch.save({'state_dict': ckpt['state_dict']}, path)) "
+                              "in a trusted session") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -1,0 +1,107 @@
+"""Stage-2 losses and the latent discriminator: LPIPS from local files, fallbacks, masked L_MFA, L_ID, GAN terms."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from honestface_core.errors import MissingModelError  # noqa: E402
+from honestface_core.model.iresnet import FaceBackbone, IResNet  # noqa: E402
+from training.discriminator import LatentDiscriminator  # noqa: E402
+from training.losses import (LPIPS, EdgeLoss, build_perceptual, discriminator_loss, generator_gan_loss,  # noqa: E402
+                             identity_loss, mfa_loss)
+from training.modeling import ellipse_mask, face_region_mask  # noqa: E402
+
+
+def _write_lpips_files(folder: Path) -> tuple[Path, Path]:
+    """Random weights in the exact formats: torchvision vgg16 state dict and LPIPS v0.1 ``vgg.pth``."""
+    from training.losses import _LPIPS_CHANNELS, _VGG_CONVS
+
+    gen = torch.Generator().manual_seed(0)
+    vgg = {}
+    for i, cin, cout in _VGG_CONVS:
+        vgg[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
+        vgg[f"features.{i}.bias"] = torch.zeros(cout)
+    vgg["classifier.0.weight"] = torch.zeros(8, 8)  # ignored (torchvision's file has the classifier too)
+    lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=gen) for i, c in enumerate(_LPIPS_CHANNELS)}
+    torch.save(vgg, folder / "vgg16-397923af.pth")
+    torch.save(lin, folder / "vgg.pth")
+    return folder / "vgg16-397923af.pth", folder / "vgg.pth"
+
+
+def test_lpips_loads_local_files_and_never_downloads(tmp_path):
+    vgg, lin = _write_lpips_files(tmp_path)
+    lp = build_perceptual("auto", str(vgg), str(lin))
+    assert isinstance(lp, LPIPS)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert float(lp(x, x)) == pytest.approx(0.0, abs=1e-6)
+    assert float(lp(x, x.flip(-1))) > 0
+    assert isinstance(build_perceptual("auto", "", ""), EdgeLoss)  # documented fallback
+    with pytest.raises(MissingModelError, match="vgg16"):
+        build_perceptual("lpips", str(tmp_path / "vgg16-397923af.pth.missing"), str(lin))
+
+
+def test_edge_loss_prefers_sharp_matches():
+    x = torch.zeros(1, 3, 32, 32)
+    x[..., 8:24, 8:24] = 1
+    blurred = torch.nn.functional.avg_pool2d(x, 5, 1, 2)
+    assert float(EdgeLoss()(x, x)) < 1e-3 < float(EdgeLoss()(blurred, x))
+
+
+def _backbone() -> FaceBackbone:
+    torch.manual_seed(0)
+    net = IResNet((1, 1, 1, 1), (8, 16, 32, 64))
+    for m in net.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 1.5)
+    return FaceBackbone(net, feature_stage=4)
+
+
+def test_mfa_only_sees_the_masked_face_region():
+    bb = _backbone()
+    real = torch.rand(2, 3, 64, 64) * 2 - 1
+    mask = ellipse_mask(64, 2)
+    assert mask[0, 0, 36, 32] > 0.99 and mask[0, 0, 0, 0] < 1e-3  # face centre in, corner out
+    corner = real.clone()
+    corner[..., :6, :6] = -real[..., :6, :6]  # outside the ArcFace crop and the mask
+    centre = real.clone()
+    centre[..., 28:44, 24:40] = 1.0
+    assert float(mfa_loss(bb, real, real, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(mfa_loss(bb, corner, real, mask)) < 1e-6
+    assert float(mfa_loss(bb, centre, real, mask)) > 1e-3
+    # gradients reach the restored image, only where the mask is
+    fake = real.clone().requires_grad_(True)
+    mfa_loss(bb, fake + 0.1 * torch.randn_like(fake), real, mask).backward()
+    assert fake.grad[..., 28:44, 24:40].abs().sum() > 0
+    assert face_region_mask(real).shape == (2, 1, 64, 64)
+
+
+def test_identity_loss_and_gan_terms():
+    bb = _backbone()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert float(identity_loss(bb.embed(x), bb.embed(x))) == pytest.approx(0.0, abs=1e-5)
+    assert float(identity_loss(bb.embed(x), bb.embed(x.flip(0)))) > 0
+    real, fake = torch.full((4,), 3.0), torch.full((4,), -3.0)
+    assert float(discriminator_loss(real, fake, "hinge")) == 0.0
+    assert float(discriminator_loss(fake, real, "hinge")) == 8.0
+    assert float(generator_gan_loss(real, "ns")) < float(generator_gan_loss(fake, "ns"))
+
+
+def test_latent_discriminator_is_conditioned_on_the_prompt():
+    from diffusers import DDPMScheduler
+
+    alphas = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
+    d = LatentDiscriminator(4, 64, alphas, channels=8, depth=2, noise_t=(0, 0))
+    z, t = torch.randn(2, 4, 16, 16), torch.zeros(2, dtype=torch.long)
+    p1, p2 = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
+    out = d(z, p1, t)
+    assert out.shape == (2, 1, 4, 4)
+    assert not torch.allclose(out, d(z, p2, t))
+    zt, tt = d.noise(z, torch.Generator().manual_seed(0))
+    assert torch.all(tt == 0)
+    assert torch.allclose(zt, z * alphas[0].sqrt(), atol=0.2)  # t = 0 adds almost no noise
