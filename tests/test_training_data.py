@@ -150,3 +150,18 @@ def test_position_sampler_partitions_processes_and_resumes():
     r0, r1 = take(PositionSampler(2, 0, 0, 2), 6), take(PositionSampler(2, 0, 1, 2), 6)
     assert not set(r0) & set(r1) and sorted(r0 + r1) == list(range(12))
     assert take(PositionSampler(2, start=2, rank=0, world=2), 2) == r0[4:6]
+
+
+def test_shipped_configs_parse_and_reject_typos(tmp_path):
+    from training.config import load_config
+    from training.modeling import model_config_for
+
+    repo = Path(__file__).resolve().parents[1]
+    tiny = load_config(repo / "training" / "configs" / "tiny.yaml")
+    sd21 = load_config(repo / "training" / "configs" / "sd21_512.yaml")
+    assert tiny.data.resolution == 64 and tiny.train.max_steps <= 100
+    assert model_config_for(sd21).prompt_dim == 1024 and model_config_for(sd21).lora.rank == 16
+    assert sd21.train.mixed_precision == "bf16" and sd21.train.gradient_checkpointing
+    (tmp_path / "bad.yaml").write_text("train: {max_step: 3}\n")
+    with pytest.raises(HonestFaceError, match="unknown keys"):
+        load_config(tmp_path / "bad.yaml")

@@ -179,9 +179,10 @@ def test_train_and_export_scripts(tiny_cfg, overfit_run, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    run = [sys.executable, str(REPO / "training" / "train.py"), "--config", str(cfg_path), "--output", str(tmp_path / "run"),
-           "--max-steps", "2"]
-    r = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
+    args = [str(REPO / "training" / "train.py"), "--config", str(cfg_path), "--output", str(tmp_path / "run"), "--max-steps", "2"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    r = subprocess.run(launch + args, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "step_00000002" / "generator.safetensors").is_file()
     bundle = tmp_path / "b.safetensors"
@@ -194,5 +195,5 @@ def test_train_and_export_scripts(tiny_cfg, overfit_run, tmp_path):
     bad = config_to_dict(cfg)
     bad["data"]["datasets"] = []
     cfg_path.write_text(yaml.safe_dump(bad))
-    r = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run([sys.executable] + args, capture_output=True, text=True, env=env, timeout=300)  # plain python
     assert r.returncode == 2 and "no dataset configured" in r.stderr

@@ -125,7 +125,7 @@ class FaceCache:
                 continue
             records[rel] = FaceRecord(rel, entry["sha1"], self.dir / f"{entry['sha1']}.png",
                                       np.asarray(entry["thumb"], np.float32).reshape(16, 16))
-        tmp = index_path.with_suffix(".tmp")
+        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")  # several processes may build the cache at once
         tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": entries}))
         os.replace(tmp, index_path)
         return records
@@ -148,7 +148,7 @@ class FaceCache:
             crop = aligner(img)
             if crop is None:
                 return {**entry, "sha1": sha1, "status": "no_face"}
-            tmp = crop_path.with_name(crop_path.stem + ".tmp.png")
+            tmp = crop_path.with_name(f"{crop_path.stem}.{os.getpid()}.tmp.png")
             cv2.imwrite(str(tmp), np.ascontiguousarray(crop[..., ::-1]))
             os.replace(tmp, crop_path)
         return {**entry, "sha1": sha1, "status": "ok", "thumb": thumbnail(crop).round(2).ravel().tolist()}

@@ -169,7 +169,7 @@ def train_stage1(cfg: TrainConfig, output: str | Path, log=print) -> Path:
             opt.step()
             history[phase].append(float(loss.detach()))
             if step % max(1, steps // 10) == 0 or step == steps - 1:
-                log(f"stage1 {phase} step {step + 1}/{steps} loss {float(loss):.4f} ({time.time() - t0:.1f}s)")
+                log(f"stage1 {phase} step {step + 1}/{steps} loss {float(loss.detach()):.4f} ({time.time() - t0:.1f}s)")
     meta = {"format": "honestface-vre", "vre_config": json.dumps(dataclasses.asdict(vcfg))}
     save_file({k: v.contiguous().cpu() for k, v in hq_ae.state_dict().items()}, str(output / "hq_vqgan.safetensors"), meta)
     save_file({k: v.contiguous().cpu() for k, v in lq_ae.state_dict().items()}, str(output / "lq_vqgan.safetensors"), meta)
