@@ -1,6 +1,6 @@
 """Stage 1: the VRE dictionaries (OSDFace-style; DAEFR-like dual codebooks), a compact implementation.
 
-1. ``hq``: a VQ autoencoder on HQ faces (encoder = the model's :class:`VQEncoder`, a mirrored decoder, a
+1. ``hq``: a VQ autoencoder on HQ faces (the model's :class:`VisualRepresentationEmbedder` plus a mirrored decoder, a
    codebook), loss = L1 + Sobel-edge + codebook + 0.25 * commitment.
 2. ``lq``: the same on degraded faces (its own encoder and codebook; reconstructs x_L).
 3. ``associate``: the LQ encoder is tuned on (x_L, x_H) pairs so its patch features match the frozen HQ
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from honestface_core.model.config import VREConfig
-from honestface_core.model.vre import AttnBlock, ResnetBlock, VQEncoder, _norm
+from honestface_core.model.vre import AttnBlock, ResnetBlock, VisualRepresentationEmbedder, _norm
 from training.config import TrainConfig, load_config
 from training.losses import EdgeLoss
 from training.modeling import model_config_for
@@ -69,21 +69,15 @@ class VQDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class VQAutoencoder(nn.Module):
-    """Encoder -> quant conv -> nearest code (straight-through) -> post-quant conv -> decoder."""
+class VQAutoencoder(VisualRepresentationEmbedder):
+    """The model's VRE (encoder -> quant conv -> codebook) plus nearest-code quantisation (straight-through),
+    a post-quant conv and a decoder, so its VRE part is saved under the model's own key names."""
 
     def __init__(self, cfg: VREConfig):
-        super().__init__()
-        self.config = cfg
-        self.encoder = VQEncoder(cfg)
-        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_dim, 1)
-        self.codebook = nn.Embedding(cfg.codebook_size, cfg.codebook_dim)
+        super().__init__(cfg)
         nn.init.uniform_(self.codebook.weight, -1.0 / cfg.codebook_size, 1.0 / cfg.codebook_size)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
         self.decoder = VQDecoder(cfg)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x))
 
     def quantize(self, z: torch.Tensor, beta: float = 0.25) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (straight-through quantised z, VQ loss, code indices)."""
