@@ -89,3 +89,27 @@ def test_models_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
     write_test_models(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def dists_files(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """``(models_dir, vgg_state, dists_weights)``: random-weight files in DISTS's on-disk formats under
+    ``models_dir``: torchvision's VGG16 ``features.*`` keys (plus a classifier key, which the loader ignores; the
+    full random classifier would be a 0.5 GB file) and ``dists/weights.pt`` with ``alpha`` / ``beta`` of the real
+    shape, positive like the trained ones."""
+    import torch
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from honestface_core.metrics import image_quality as iq
+
+    root = tmp_path_factory.mktemp("dists_models")
+    (root / "torchvision").mkdir()
+    (root / "dists").mkdir()
+    torch.manual_seed(0)
+    vgg = {f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}
+    vgg["classifier.6.bias"] = torch.zeros(1000)
+    torch.save(vgg, root / "torchvision" / iq.TV_FILES["vgg"])
+    n = sum(iq.DISTS_CHANNELS)
+    weights = {"alpha": torch.rand(1, n, 1, 1) * 0.1 + 0.01, "beta": torch.rand(1, n, 1, 1) * 0.1 + 0.01}
+    torch.save(weights, root / "dists" / iq.DISTS_FILE)
+    return root, vgg, weights

@@ -107,8 +107,8 @@ def folders(tmp_path_factory, photos_dir):
 
 
 @pytest.fixture(scope="module")
-def report(folders, tmp_path_factory):
-    models = tmp_path_factory.mktemp("empty_models")  # nothing downloaded: bundled YuNet, SFace and dlib are used
+def report(folders, dists_files):
+    models = dists_files[0]  # only DISTS's (random-weight) files; bundled YuNet, SFace and dlib; nothing downloaded
     os.environ["TORCH_HOME"] = str(models / "torch")
     return evaluate_folders(folders / "restored", folders / "gt", landmarks="dlib68", models_dir=models, progress=False)
 
@@ -132,6 +132,9 @@ def test_report_rows_counts_and_columns(report):
         assert b["ALD"] > 2 * rows["a"]["ALD"]
     assert "sface" in report["meta"]["identity_encoder"]
     assert any(s.startswith("LPIPS skipped: weight file alexnet-owt-7be5be79.pth missing, put it in") for s in report["skipped"])
+    assert not any(s.startswith("DISTS") for s in report["skipped"])
+    assert report["columns"][:2] == ["DISTS", "Deg."]  # the paper's order; LPIPS and FID skipped here
+    assert 0 < rows["a"]["DISTS"] < b["DISTS"]  # a JPEG copy is closer than another person (random VGG weights)
     assert report["mean"]["PSNR"] == pytest.approx(np.mean([r["PSNR"] for r in report["rows"] if "PSNR" in r]))
 
 

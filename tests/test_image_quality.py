@@ -111,3 +111,38 @@ def test_fid_features_real_loading_path_with_random_weights(tmp_path):
     report = build_report(rows, {}, [])
     assert "FID" in report["columns"] and report["mean"]["FID"] >= 0 and report["mean"]["PSNR"] == pytest.approx(31.0)
     assert all("_inception" not in r for r in report["rows"])
+
+
+def test_dists_real_loading_path_and_properties(dists_files, astronaut):
+    root, vgg, weights = dists_files
+    metric = iq.DISTSMetric.load(root)
+    assert torch.equal(metric.features[28].weight, vgg["features.28.weight"])
+    assert torch.equal(metric.alpha, weights["alpha"]) and torch.equal(metric.beta, weights["beta"])
+    gt = astronaut[100:164, 150:214].astype(np.float64) / 255.0
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1, gt.shape)
+    levels = [np.clip(gt + s * noise, 0, 1) for s in (0.0, 0.03, 0.1, 0.3)]
+    d = metric(_t(*[(x * 255).round().astype(np.uint8) for x in levels]), _t(*[(gt * 255).round().astype(np.uint8)] * 4))
+    assert d.shape == (4,) and d[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert (d[1:] > d[:-1]).all(), d.tolist()  # more distortion -> larger distance
+    swapped = metric(_t((gt * 255).round().astype(np.uint8)), _t((levels[2] * 255).round().astype(np.uint8)))
+    assert swapped.item() == pytest.approx(d[2].item(), rel=1e-4)  # symmetric
+
+
+def test_dists_missing_or_wrong_files(tmp_path, monkeypatch, dists_files):
+    root, _, weights = dists_files
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(iq.MetricUnavailable, match=r"DISTS skipped: weight file vgg16-397923af.pth missing, put it in"):
+        iq.DISTSMetric.load(tmp_path / "models")
+    vgg = root / "torchvision" / iq.TV_FILES["vgg"]
+    with pytest.raises(iq.MetricUnavailable, match=r"DISTS skipped: weight file weights.pt .* missing, put it in .*dists"):
+        iq.DISTSMetric.load(tmp_path / "models", vgg_path=vgg)
+    with pytest.raises(iq.MetricUnavailable, match=r"DISTS skipped: weight file .*nothere.pth.* not found"):
+        iq.DISTSMetric.load(vgg_path=tmp_path / "nothere.pth")
+    assert not (tmp_path / "torch").exists()  # nothing fetched or created
+    bad = tmp_path / "bad.pt"
+    torch.save({"alpha": weights["alpha"][:, :10]}, bad)
+    with pytest.raises(HonestFaceError, match="not DISTS's weights.pt"):
+        iq.DISTSMetric.load(vgg_path=vgg, weights_path=bad)
+    with pytest.raises(HonestFaceError, match="not torchvision's VGG16"):
+        iq.DISTSMetric.load(vgg_path=bad, weights_path=root / "dists" / iq.DISTS_FILE)

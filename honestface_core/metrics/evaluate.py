@@ -61,8 +61,10 @@ class CropScores:
         return ~(np.isnan(self.pred_landmarks).any(axis=(1, 2)) | np.isnan(self.gt_landmarks).any(axis=(1, 2)))
 
 
-def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddings=None, lpips=None) -> CropScores:
-    """Score aligned crops ``(N, S, S, 3)`` in [0, 1]: PSNR, SSIM, [LPIPS], [Deg., Ref-Deg], L2-LD, ALD, ALD-e, ALD-m.
+def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddings=None, lpips=None,
+                dists=None) -> CropScores:
+    """Score aligned crops ``(N, S, S, 3)`` in [0, 1]: PSNR, SSIM, [LPIPS], [DISTS], [Deg., Ref-Deg], L2-LD, ALD,
+    ALD-e, ALD-m.
 
     Args:
         restored, gt: equally shaped crop batches (S is rescaled to 512 for the landmark metrics).
@@ -71,6 +73,7 @@ def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddi
         reference_embeddings: ``(K, D)`` embeddings for every face, or a list of N such tensors (one per face;
             None or empty entries give NaN), from the same ``encoder``.
         lpips: optional :class:`honestface_core.metrics.image_quality.LPIPSMetric`.
+        dists: optional :class:`honestface_core.metrics.image_quality.DISTSMetric`.
     """
     import torch
 
@@ -85,6 +88,8 @@ def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddi
     values: dict[str, np.ndarray] = {"PSNR": psnr_y(restored, gt).numpy(), "SSIM": ssim_y(restored, gt).numpy()}
     if lpips is not None:
         values["LPIPS"] = lpips(restored, gt).numpy()
+    if dists is not None:
+        values["DISTS"] = dists(restored, gt).numpy()
     lp, lg = landmark_detector.detect(restored), landmark_detector.detect(gt)
     dist = landmark_distances(lp.points, lg.points, landmark_detector.scheme, image_size=restored.shape[1])
     values.update({col: np.asarray(dist[key], float) for key, col in _LANDMARK_KEYS.items()})
@@ -151,6 +156,7 @@ class FolderEvaluator:
     encoder: Any | None = None
     lpips: Any | None = None
     inception: Any | None = None
+    dists: Any | None = None
     skipped: list[str] = field(default_factory=list)
     _ref_cache: dict = field(default_factory=dict, repr=False)
 
@@ -171,9 +177,13 @@ class FolderEvaluator:
 
             det = YuNetDetector(find_model_file_or_bundled(models_dir, "facedetection", "face_detection_yunet_2023mar.onnx"))
         encoder = _identity_encoder(identity, models_dir, insightface_pack, skipped)
-        lpips = inception = None
+        lpips = inception = dists = None
         try:
             lpips = iq.LPIPSMetric.load("alex", models_dir, device)
+        except iq.MetricUnavailable as err:
+            skipped.append(str(err))
+        try:
+            dists = iq.DISTSMetric.load(models_dir, device)
         except iq.MetricUnavailable as err:
             skipped.append(str(err))
         try:
@@ -181,7 +191,7 @@ class FolderEvaluator:
         except iq.MetricUnavailable as err:
             skipped.append(str(err))
         skipped += [f"{name} skipped: not implemented here (needs {need})" for name, need in iq.UNSUPPORTED.items()]
-        return cls(lm, det, encoder, lpips, inception, skipped)
+        return cls(lm, det, encoder, lpips, inception, dists, skipped)
 
     def load_pair(self, restored_path: Path, gt_path: Path):
         """Aligned ``(1, 512, 512, 3)`` restored and ground-truth crops, or ``(None, None)`` when the ground truth
@@ -255,7 +265,8 @@ class FolderEvaluator:
             row["notes"] += ref_notes
             if refs is None:
                 row["notes"].append("no usable reference: Ref-Deg not computed")
-        scores = score_crops(rc, gc, self.landmarks, self.encoder, [refs] if ref_paths is not None else None, self.lpips)
+        scores = score_crops(rc, gc, self.landmarks, self.encoder, [refs] if ref_paths is not None else None, self.lpips,
+                             self.dists)
         row.update({k: float(v[0]) for k, v in scores.values.items()})
         found_r = not np.isnan(scores.pred_landmarks).any()
         found_g = not np.isnan(scores.gt_landmarks).any()

@@ -5,9 +5,10 @@ literature, our choice: ITU-R BT.601 luma ``Y = 16 + 65.481 R + 128.553 G + 24.9
 255, SSIM with an 11x11 Gaussian window, sigma 1.5, K1 = 0.01, K2 = 0.03, mean over the valid region).
 
 Only when their weight files are on disk (never downloaded): LPIPS (the ``lpips`` package, whose linear layers ship
-in its wheel, plus torchvision's ImageNet AlexNet/VGG16 backbone file) and FID (torchvision's Inception-v3 file;
-our choice of feature extractor, so FID values are comparable among runs of this tool, not with pytorch-fid's
-numbers). DISTS, C-IQA (CLIP-IQA), M-IQA (MANIQA) and MUSIQ need model files and code we do not bundle; they are
+in its wheel, plus torchvision's ImageNet AlexNet/VGG16 backbone file), DISTS (our implementation; torchvision's
+VGG16 file plus the ``alpha``/``beta`` file ``weights.pt`` of ``DISTS_pytorch``) and FID (torchvision's Inception-v3
+file; our choice of feature extractor, so FID values are comparable among runs of this tool, not with pytorch-fid's
+numbers). C-IQA (CLIP-IQA), M-IQA (MANIQA) and MUSIQ need model files and code we do not bundle; they are
 reported as skipped with the file they would need.
 """
 
@@ -31,7 +32,6 @@ TV_FILES = {
 }
 #: metrics of the paper's table that we do not compute, with what they would need
 UNSUPPORTED = {
-    "DISTS": "DISTS weights (weights.pt of DISTS_pytorch) and VGG16 ImageNet weights",
     "C-IQA": "CLIP-IQA weights (pyiqa clipiqa+ checkpoint and OpenAI CLIP RN50)",
     "M-IQA": "MANIQA weights (pyiqa ckpt_koniq10k.pt)",
     "MUSIQ": "MUSIQ weights (pyiqa musiq_koniq_ckpt)",
@@ -142,6 +142,135 @@ class LPIPSMetric:
         a = restored.permute(0, 3, 1, 2).to(dev, torch.float32) * 2 - 1
         b = gt.permute(0, 3, 1, 2).to(dev, torch.float32) * 2 - 1
         return self.model(a, b).flatten().cpu().double()
+
+
+#: DISTS's learned weights file: the ``weights.pt`` that ships in the ``DISTS_pytorch`` wheel (a dict with
+#: ``alpha`` and ``beta``, each ``(1, 1475, 1, 1)``: one weight per channel of the image and the five VGG stages)
+DISTS_FILE = "weights.pt"
+DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
+# torchvision's VGG16 ``features``: convolution widths, "M" = max pool; DISTS replaces the first four pools by L2
+# pooling and stops after relu5_3 (index 29), so our layer indices and state-dict keys match torchvision's
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+_DISTS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+
+
+def dists_weight_candidates(models_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where DISTS's ``weights.pt`` is looked for: ``models_dir/dists/`` (our choice of folder), then the copies an
+    installed ``DISTS_pytorch`` package keeps (inside the package and in ``sys.prefix``); found without importing it."""
+    import importlib.util
+    import sys
+
+    found = [Path(models_dir) / "dists" / DISTS_FILE] if models_dir else []
+    spec = importlib.util.find_spec("DISTS_pytorch")
+    if spec is not None and spec.submodule_search_locations:
+        found += [Path(p) / DISTS_FILE for p in spec.submodule_search_locations] + [Path(sys.prefix) / DISTS_FILE]
+    return found
+
+
+class L2Pool(torch.nn.Module):
+    """L2 pooling of DISTS: ``sqrt(hann3x3 * x^2)`` per channel with stride 2 (hann3x3 = outer([.5, 1, .5]), normalised)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        a = torch.tensor([0.5, 1.0, 0.5])
+        g = a[:, None] * a[None, :]
+        self.register_buffer("kernel", (g / g.sum()).expand(channels, 1, 3, 3).contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.conv2d(x * x, self.kernel, stride=2, padding=1, groups=x.shape[1])
+        return (out + 1e-12).sqrt()
+
+
+class DISTSMetric(torch.nn.Module):
+    """DISTS (Ding et al. 2020): structure and texture similarity of VGG16 features with L2 pooling, weighted by the
+    learned ``alpha`` / ``beta``. Inputs are compared at their own size (our choice: no resize to 256)."""
+
+    def __init__(self):
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        cin = 3
+        for v in _VGG16_CFG:
+            if v == "M":
+                layers.append(L2Pool(cin))
+            else:
+                layers += [torch.nn.Conv2d(cin, v, 3, padding=1), torch.nn.ReLU()]
+                cin = v
+        self.features = torch.nn.Sequential(*layers)
+        self.alpha = torch.nn.Parameter(torch.zeros(1, sum(DISTS_CHANNELS), 1, 1))
+        self.beta = torch.nn.Parameter(torch.zeros(1, sum(DISTS_CHANNELS), 1, 1))
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+
+    @classmethod
+    def load(cls, models_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+             vgg_path: str | os.PathLike | None = None, weights_path: str | os.PathLike | None = None) -> "DISTSMetric":
+        """Build from torchvision's ``vgg16-397923af.pth`` (``vgg_path``, else ``models_dir/torchvision/``, else torch's
+        checkpoint cache) and DISTS's ``weights.pt`` (``weights_path``, else :func:`dists_weight_candidates`).
+
+        Raises:
+            MetricUnavailable: a file is missing (the message names it and where to put it).
+            HonestFaceError: a file is there but is not in the expected format.
+        """
+        vgg = Path(vgg_path) if vgg_path else find_weight_file(TV_FILES["vgg"], models_dir)
+        if vgg is None:
+            where = [str(Path(models_dir) / "torchvision")] if models_dir else []
+            raise MetricUnavailable(f"DISTS skipped: weight file {TV_FILES['vgg']} missing, put it in "
+                                    + " or ".join(f"'{w}'" for w in where + [str(torch_checkpoints_dir())]))
+        if not vgg.is_file():
+            raise MetricUnavailable(f"DISTS skipped: weight file '{vgg}' (torchvision's {TV_FILES['vgg']}) not found")
+        candidates = [Path(weights_path)] if weights_path else dists_weight_candidates(models_dir)
+        ab = next((p for p in candidates if p.is_file()), None)
+        if ab is None:
+            where = " or ".join(f"'{p.parent}'" for p in candidates) or "'<models>/dists' (pass --models)"
+            raise MetricUnavailable(f"DISTS skipped: weight file {DISTS_FILE} (DISTS alpha/beta, from the DISTS_pytorch "
+                                    f"wheel or `pip install DISTS_pytorch`) missing, put it in {where}")
+        model = cls()
+        state = torch.load(vgg, map_location="cpu", weights_only=True)
+        feats = {k[len("features."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")}
+        try:
+            model.features.load_state_dict(feats, strict=True)
+        except RuntimeError as err:
+            raise HonestFaceError(f"'{vgg}'", f"is not torchvision's VGG16 state dict ({str(err).splitlines()[0]})",
+                                  f"Use torchvision's {TV_FILES['vgg']}") from err
+        w = torch.load(ab, map_location="cpu", weights_only=True)
+        shape = tuple(model.alpha.shape)
+        if not isinstance(w, dict) or any(not isinstance(w.get(k), torch.Tensor) or tuple(w[k].shape) != shape
+                                          for k in ("alpha", "beta")):
+            raise HonestFaceError(f"'{ab}'", f"is not DISTS's weights.pt (needs tensors 'alpha' and 'beta' of shape {shape})",
+                                  "Use weights.pt from the DISTS_pytorch package")
+        model.alpha.copy_(w["alpha"])
+        model.beta.copy_(w["beta"])
+        return model.eval().to(device)
+
+    def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out, h = [x], (x - self.mean) / self.std
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            if i in _DISTS_TAPS:
+                out.append(h)
+        return out
+
+    @torch.no_grad()
+    def forward(self, restored: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` DISTS distances of two ``(B, H, W, 3)`` [0, 1] batches (0 for identical images)."""
+        _check_pair(restored, gt)
+        dev = self.alpha.device
+        fa = self._stages(restored.permute(0, 3, 1, 2).to(dev, torch.float32))
+        fb = self._stages(gt.permute(0, 3, 1, 2).to(dev, torch.float32))
+        total = self.alpha.sum() + self.beta.sum()
+        alphas = torch.split(self.alpha / total, DISTS_CHANNELS, dim=1)
+        betas = torch.split(self.beta / total, DISTS_CHANNELS, dim=1)
+        c = 1e-6
+        sim = torch.zeros(restored.shape[0], device=dev)
+        for a, b, wa, wb in zip(fa, fb, alphas, betas):
+            ma, mb = a.mean((2, 3), keepdim=True), b.mean((2, 3), keepdim=True)
+            va, vb = ((a - ma) ** 2).mean((2, 3), keepdim=True), ((b - mb) ** 2).mean((2, 3), keepdim=True)
+            cov = (a * b).mean((2, 3), keepdim=True) - ma * mb
+            texture = (2 * ma * mb + c) / (ma ** 2 + mb ** 2 + c)
+            structure = (2 * cov + c) / (va + vb + c)
+            sim = sim + (wa * texture + wb * structure).sum((1, 2, 3))
+        return (1 - sim).cpu().double()
 
 
 class InceptionFeatures:
