@@ -41,6 +41,9 @@ class DataConfig:
     detector_path: str = ""  # model file of that detector ("" = the default location)
     models_dir: str = ""  # ComfyUI-style models/ folder for detector/parser/backbone files
     num_workers: int = 0
+    # our choice, for overfit checks (CI): each crop keeps one degradation and reference draw in every epoch,
+    # so the training set is a fixed set of pairs; False = a fresh draw per sample position (real training)
+    fixed_pairs: bool = False
 
 
 @dataclass
@@ -83,7 +86,13 @@ class DiscriminatorConfig:
 
 @dataclass
 class OptimConfig:
+    """AdamW of the generator. ``lr`` drives the prompt modules (projector, embedders, fusion); ``lora_lr`` > 0
+    gives the UNet LoRA its own rate (our choice; 0 = ``lr``). Adam moves every weight by about the rate per step,
+    so a 1024-wide layer's output moves by about rate x 1024: the wide prompt modules need a small rate, while a
+    fresh LoRA may need a larger one (the tiny CPU config, see docs/training.md)."""
+
     lr: float = 5e-5
+    lora_lr: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-2
     warmup_steps: int = 0

@@ -13,6 +13,8 @@ usable raises :class:`HonestFaceError` before training starts.
 Every sample is a pure function of ``(seed, position)`` (position = global sample counter): the epoch
 permutation, the references, the reference dropout and the degradation all come from per-sample generators,
 so a resumed run sees exactly the data an uninterrupted one would (our choice; no sampler state to save).
+With ``data.fixed_pairs`` the references and degradation come from ``(seed, dataset index)`` instead: every
+epoch sees the same pairs (overfit checks).
 """
 
 from __future__ import annotations
@@ -242,8 +244,9 @@ class FaceRestorationDataset(Dataset):
         return int(self._perm[position % n])
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
-        target, candidates = self.samples[self.index_at(position)]
-        rng = sample_rng(self.seed, position)
+        index = self.index_at(position)
+        target, candidates = self.samples[index]
+        rng = sample_rng(self.seed, index, stream=2) if self.data.fixed_pairs else sample_rng(self.seed, position)
         hq = _read_crop(target.crop)
         lq = degrade(hq, self.degradation, rng)
         s, kmax = hq.shape[0], self.data.refs_max

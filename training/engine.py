@@ -107,10 +107,9 @@ class Trainer:
         self.backbone = self.model.backbone
         self.parser = load_face_parser(cfg.losses.parser, cfg.data.models_dir or default_models_dir()) if cfg.losses.parser else None
 
-        params_g = [p for p in self.model.parameters() if p.requires_grad]
-        self.n_trainable = sum(p.numel() for p in params_g)
         o = cfg.optim
-        self.opt_g = torch.optim.AdamW(params_g, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.opt_g = torch.optim.AdamW(self._param_groups(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.n_trainable = sum(p.numel() for g in self.opt_g.param_groups for p in g["params"])
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.discriminator.lr, betas=(0.0, 0.99), weight_decay=0.0)
         warm = max(0, o.warmup_steps)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
@@ -148,6 +147,17 @@ class Trainer:
                                                 num_workers=self.cfg.data.num_workers,
                                                 generator=torch.Generator().manual_seed(self.cfg.seed),
                                                 persistent_workers=self.cfg.data.num_workers > 0))
+
+    def _param_groups(self) -> list[dict]:
+        """Trainable generator parameters: the prompt modules at ``optim.lr``, the UNet LoRA at ``optim.lora_lr``
+        (when > 0; see :class:`training.config.OptimConfig`)."""
+        lora, rest = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (lora if ".lora_A." in name or ".lora_B." in name else rest).append(p)
+        lr = self.cfg.optim.lr
+        groups = [{"params": rest, "lr": lr}, {"params": lora, "lr": self.cfg.optim.lora_lr or lr}]
+        return [g for g in groups if g["params"]]
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
@@ -225,7 +235,10 @@ class Trainer:
             self.opt_d.step()
             self.opt_d.zero_grad(set_to_none=True)
         self.step += 1
-        logs["lr"] = self.sched_g.get_last_lr()[0]
+        lrs = self.sched_g.get_last_lr()
+        logs["lr"] = lrs[0]
+        if len(lrs) > 1:
+            logs["lr_lora"] = lrs[-1]
         return logs
 
     # ------------------------------------------------------------------ loop
