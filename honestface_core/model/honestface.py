@@ -162,16 +162,17 @@ class HonestFaceModel(nn.Module):
             codes, _ = self.vre(vre_in.to(self.dtype))
         return self.projector(codes)
 
-    def encode_prompt(self, lq: torch.Tensor, refs: RefsInput = None) -> torch.Tensor:
+    def encode_prompt(self, lq: torch.Tensor, refs: RefsInput = None, p_lq: torch.Tensor | None = None) -> torch.Tensor:
         """Prompt tokens p (B, T, prompt_dim): T = 77 + N_F + N_I (77 for ``variant="osdface"``).
 
         Args:
             lq: (B, 3, 512, 512) LQ crops in [-1, 1].
             refs: None (blind), a list of per-sample (K_i, 3, S, S) tensors (None / empty = blind sample),
                 a padded ``((B, K, 3, S, S), (B, K) mask)`` tuple or a :class:`ReferenceBatch`.
+            p_lq: ``prompt_lq(lq)`` when already computed (e.g. to time the other branches alone).
         """
         _check_image(lq, "lq")
-        p_lq = self.prompt_lq(lq)
+        p_lq = self.prompt_lq(lq) if p_lq is None else p_lq
         if self.config.variant == "osdface":
             return p_lq
         b = lq.shape[0]

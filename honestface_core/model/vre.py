@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VREConfig
+from .memory_format import cpu_channels_last
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -163,11 +164,12 @@ class VisualRepresentationEmbedder(nn.Module):
         self.codebook = nn.Embedding(cfg.codebook_size, cfg.codebook_dim)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> quantiser input (B, codebook_dim, 16, 16); resized to the VRE resolution."""
+        """(B, 3, H, W) in [-1, 1] -> quantiser input (B, codebook_dim, 16, 16); resized to the VRE resolution.
+        Channels-last on CPU (see :mod:`.memory_format`)."""
         size = self.config.resolution
         if image.shape[-2:] != (size, size):
             image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-        return self.quant_conv(self.encoder(image))
+        return self.quant_conv(self.encoder(cpu_channels_last(image))).contiguous()
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the selected code tokens (B, T, codebook_dim) and their codebook indices (B, T)."""
