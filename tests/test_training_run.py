@@ -1,4 +1,5 @@
-"""Stage-2 training on CPU with the tiny config: overfit, exact kill-and-resume, export + load, stage 1, CLI.
+"""Stage-2 training on CPU with the tiny config: overfit, exact kill-and-resume, export + load (core loader and
+the ComfyUI blind workflow), stage 1, CLI.
 
 The dataset is built in the test from real photos (three of one person, the astronaut and a re-framed copy),
 aligned with the real YuNet detector. The tiny base (random UNet, VAE fitted on these crops) is written once
@@ -163,6 +164,32 @@ def test_export_bundle_loads_with_the_model_loader(overfit_run, tmp_path, thread
         loaded = model(batch["lq"], refs)
     expected = _restore(overfit_run["trainer"], batch)
     assert torch.allclose(loaded, expected, atol=1e-4), (loaded - expected).abs().max()
+
+
+@pytest.mark.comfy
+def test_export_bundle_restores_in_the_comfyui_blind_workflow(overfit_run, comfy_server, astronaut, threads):
+    """The exported bundle and the run's tiny base, put in the server's models/ folder (models/honestface and
+    models/diffusers/<name>), run through workflows/api/blind_restore.json in the real ComfyUI server: the 64 px
+    model restores the 512 px aligned crop (resized to 64 and back) and only the face region changes."""
+    import shutil
+
+    from PIL import Image
+
+    from comfy_harness import load_api_workflow
+    from test_restore_workflows import _check_only_face_changed, _run
+    from training.export import export_checkpoint
+
+    out, models = overfit_run["out"], comfy_server.base_dir / "models"
+    (models / "honestface").mkdir(exist_ok=True)
+    export_checkpoint(out, models / "honestface" / "tiny_run.safetensors", force=True)
+    shutil.copytree(out / "base", models / "diffusers" / "tiny_run_base", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.onnx", "*.txt"))
+    Image.fromarray(astronaut).save(comfy_server.input_dir / "astronaut.png")
+    prompt = load_api_workflow("blind_restore.json")
+    loader = next(v for v in prompt.values() if v["class_type"] == "HonestFaceModelLoader")
+    loader["inputs"].update(model="tiny_run.safetensors", base="diffusers/tiny_run_base")
+    restored = _run(comfy_server, prompt, "blind_restore")
+    _check_only_face_changed(restored, astronaut)
 
 
 def test_stage1_vre_trains_and_loads_into_stage2(tiny_cfg, overfit_run, tmp_path, threads):
