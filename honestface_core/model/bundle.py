@@ -141,11 +141,8 @@ def load_honestface(bundle_path: str | os.PathLike, base_path: str | os.PathLike
     try:
         model.load_state_dict(module_state, strict=False)
         if lora_state:
-            if merge_lora:
-                lora_utils.merge_lora_state_dict(model.generator.unet, lora_state, config.lora.alpha)
-                model.lora_merged = True
-            else:
-                lora_utils.load_lora_state_dict(model.generator.unet, lora_state, config.lora.alpha)
+            lora_utils.apply_lora_state_dict(model.generator.unet, lora_state, config.lora.alpha, merge_lora)
+            model.lora_merged = merge_lora
     except (RuntimeError, ValueError) as exc:
         raise HonestFaceError(what, f"has weights that do not fit the model ({str(exc)[:300]})",
                               "Re-export the bundle; it may belong to another base model") from exc

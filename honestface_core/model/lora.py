@@ -106,6 +106,11 @@ def merge_lora_state_dict(unet: nn.Module, state: Mapping[str, torch.Tensor], al
             weight.copy_((weight.float() + delta.to(weight.device)).to(weight.dtype))
 
 
+def apply_lora_state_dict(unet: nn.Module, state: Mapping[str, torch.Tensor], alpha: float, merge: bool) -> None:
+    """Merge ``state`` into the UNet's weights when ``merge`` (no run-time cost), else load it as LoRA layers."""
+    (merge_lora_state_dict if merge else load_lora_state_dict)(unet, state, alpha)
+
+
 def _get(root: nn.Module, name: str) -> nn.Module | None:
     try:
         return root.get_submodule(name)

@@ -127,11 +127,8 @@ def load_osdface(folder: str | os.PathLike, base_path: str | os.PathLike, device
     try:
         model.vre.load_state_dict(vre_state, strict=True)
         model.projector.load_state_dict(projector, strict=True)
-        if merge_lora:
-            lora_utils.merge_lora_state_dict(model.generator.unet, lora_state, config.lora.alpha)
-            model.lora_merged = True
-        else:
-            lora_utils.load_lora_state_dict(model.generator.unet, lora_state, config.lora.alpha)
+        lora_utils.apply_lora_state_dict(model.generator.unet, lora_state, config.lora.alpha, merge_lora)
+        model.lora_merged = merge_lora
     except (RuntimeError, ValueError) as exc:
         raise HonestFaceError(f"OSDFace files in '{folder}'", f"do not fit the model ({str(exc)[:300]})",
                               "Use OSDFace's release files with an SD-2.1-base model") from exc
