@@ -134,6 +134,20 @@ def warp_affine(images: torch.Tensor, matrices: torch.Tensor, out_size: tuple[in
     return out
 
 
+def check_aligned_crops(crops: torch.Tensor, min_size: int = 1, size_advice: str = "") -> torch.Tensor:
+    """Check that ``crops`` are aligned face crops (N, S, S, 3) with S >= ``min_size``; return them unchanged.
+
+    ``size_advice`` tells the user which crop size to align at when the crops are too small.
+    """
+    if not torch.is_tensor(crops) or crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
+        got = tuple(crops.shape) if torch.is_tensor(crops) else type(crops).__name__
+        raise HonestFaceError("face crops", f"expected square aligned crops of shape (N, S, S, 3), got {got}",
+                              "Pass the crops from face detection / alignment (HonestFace Detect Faces / align_faces)")
+    if crops.shape[1] < min_size:
+        raise HonestFaceError("face crops", f"crops are only {crops.shape[1]} pixels wide", size_advice)
+    return crops
+
+
 @dataclass
 class AlignedFaces:
     """Aligned face crops with everything needed to paste them back.

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .alignment import ARCFACE_TEMPLATE_112, estimate_similarity, template_for_size, warp_affine
+from .alignment import ARCFACE_TEMPLATE_112, check_aligned_crops, estimate_similarity, template_for_size, warp_affine
 from .errors import HonestFaceError, MissingModelError
 
 ARCFACE_SIZE = 112
@@ -41,7 +41,7 @@ def _ffhq_to_arcface(size: int) -> np.ndarray:
 def to_arcface_crops(crops: torch.Tensor) -> torch.Tensor:
     """FFHQ-aligned ``(N, S, S, 3)`` crops -> ``(N, 3, 112, 112)`` crops on the ArcFace template, in [0, 255]
     RGB, on the crops' device."""
-    chw = _check_crops(crops).permute(0, 3, 1, 2)
+    chw = check_aligned_crops(crops, 16, "Align faces at 112 pixels or more (512 is standard)").float().permute(0, 3, 1, 2)
     if chw.shape[-1] > 2 * ARCFACE_SIZE and chw.shape[0]:
         # shrink with antialiasing first so the ~0.3x bilinear warp does not alias (our choice)
         chw = F.interpolate(chw, size=(2 * ARCFACE_SIZE, 2 * ARCFACE_SIZE), mode="bilinear", antialias=True,
@@ -49,17 +49,6 @@ def to_arcface_crops(crops: torch.Tensor) -> torch.Tensor:
     m = torch.from_numpy(_ffhq_to_arcface(int(chw.shape[-1]))).to(chw.device, torch.float32)
     small = warp_affine(chw, m.expand(chw.shape[0], 2, 3), ARCFACE_SIZE, padding_mode="zeros")
     return small.clamp(0, 1) * 255.0
-
-
-def _check_crops(crops: torch.Tensor) -> torch.Tensor:
-    if not isinstance(crops, torch.Tensor) or crops.dim() != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
-        got = tuple(crops.shape) if isinstance(crops, torch.Tensor) else type(crops).__name__
-        raise HonestFaceError("face crops", f"expected aligned crops of shape (N, S, S, 3), got {got}",
-                              "Pass the crops from face detection / alignment")
-    if crops.shape[1] < 16:
-        raise HonestFaceError("face crops", f"crops are only {crops.shape[1]} pixels wide",
-                              "Align faces at 112 pixels or more (512 is standard)")
-    return crops.float()
 
 
 def _normalize(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .alignment import check_aligned_crops
 from .errors import HonestFaceError, MissingModelError
 from .images import tensor_to_uint8
 
@@ -57,14 +58,6 @@ class LandmarkDetector(Protocol):
     num_points: int
 
     def detect(self, crops: torch.Tensor) -> Landmarks: ...
-
-
-def _check_crops(crops: torch.Tensor) -> torch.Tensor:
-    if not isinstance(crops, torch.Tensor) or crops.dim() != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
-        shape = tuple(crops.shape) if isinstance(crops, torch.Tensor) else type(crops).__name__
-        raise HonestFaceError("face crops", f"expected square aligned crops (N, S, S, 3), got {shape}",
-                              "Align the faces first (HonestFace Detect Faces / align_faces)")
-    return crops
 
 
 def _largest_central(boxes: np.ndarray, size: int) -> int:
@@ -112,7 +105,7 @@ class DlibLandmarks:
         return cls(find_model_file_or_bundled(models_dir, DLIB68_FOLDER, DLIB68_FILE), **kwargs)
 
     def detect(self, crops: torch.Tensor) -> Landmarks:
-        crops = _check_crops(crops)
+        crops = check_aligned_crops(crops)
         size = int(crops.shape[1])
         out = np.full((crops.shape[0], 68, 2), np.nan)
         for i, img in enumerate(tensor_to_uint8(crops)):
@@ -150,7 +143,7 @@ class AWingLandmarks:
 
     @torch.no_grad()
     def detect(self, crops: torch.Tensor) -> Landmarks:
-        crops = _check_crops(crops)
+        crops = check_aligned_crops(crops)
         size = int(crops.shape[1])
         device = next(self.model.parameters()).device
         out = []
@@ -206,7 +199,7 @@ class InsightFaceLandmarks:
     def detect(self, crops: torch.Tensor) -> Landmarks:
         from insightface.app.common import Face
 
-        crops = _check_crops(crops)
+        crops = check_aligned_crops(crops)
         size = int(crops.shape[1])
         out = np.full((crops.shape[0], self.num_points, 2), np.nan)
         for i, img in enumerate(tensor_to_uint8(crops)):
@@ -247,7 +240,7 @@ def draw_landmark_overlay(crops: torch.Tensor, gt_points: np.ndarray, pred_point
 
     from .images import uint8_to_tensor
 
-    crops = _check_crops(crops)
+    crops = check_aligned_crops(crops)
     r = radius or max(1, round(crops.shape[1] / 256))
     out = []
     for img, g, p in zip(tensor_to_uint8(crops), np.asarray(gt_points, float), np.asarray(pred_points, float)):

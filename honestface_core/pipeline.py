@@ -20,12 +20,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .alignment import AlignedFaces, align_faces
+from .alignment import AlignedFaces, align_faces, check_aligned_crops
 from .detection import FaceDetector, detect_faces
 from .errors import HonestFaceError, MissingModelError
 from .images import as_rgb_batch
 from .pasteback import paste_back
 from .references import ReferenceSet
+
+MIN_CROP_SIZE = 64
+CROP_SIZE_ADVICE = "Align faces at 512 pixels (the size the model restores)"
 
 logger = logging.getLogger(__name__)
 
@@ -164,17 +167,6 @@ def model_to_crops(x: torch.Tensor, size: int, like: torch.Tensor) -> torch.Tens
     return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).to(like.device)
 
 
-def _check_crops(crops: torch.Tensor) -> torch.Tensor:
-    if not torch.is_tensor(crops) or crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
-        got = tuple(crops.shape) if torch.is_tensor(crops) else type(crops).__name__
-        raise HonestFaceError("face crops", f"expected aligned crops of shape (N, S, S, 3), got {got}",
-                              "Pass the crops from face detection / alignment")
-    if crops.shape[1] < 64:
-        raise HonestFaceError("face crops", f"crops are only {crops.shape[1]} pixels wide",
-                              "Align faces at 512 pixels (the size the model restores)")
-    return crops.float()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # References
 
@@ -194,7 +186,7 @@ class BackboneIdentityEncoder:
 
     @torch.inference_mode()
     def embed(self, crops: torch.Tensor) -> torch.Tensor:
-        crops = _check_crops(crops)
+        crops = check_aligned_crops(crops, MIN_CROP_SIZE, CROP_SIZE_ADVICE).float()
         if crops.shape[0] == 0:
             return torch.zeros((0, self.dim), device=crops.device)
         x = crops.to(self.model.device).permute(0, 3, 1, 2) * 2 - 1
@@ -306,7 +298,7 @@ def restore_crops(model, crops: torch.Tensor, refs: ReferenceSet | None = None, 
     Returns:
         ``(N, S, S, 3)`` float32 [0, 1] on ``crops``' device.
     """
-    crops = _check_crops(crops)
+    crops = check_aligned_crops(crops, MIN_CROP_SIZE, CROP_SIZE_ADVICE).float()
     n = crops.shape[0]
     if n == 0:
         return crops.clone()
