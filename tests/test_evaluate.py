@@ -107,8 +107,16 @@ def folders(tmp_path_factory, photos_dir):
 
 
 @pytest.fixture(scope="module")
-def report(folders, dists_files):
-    models = dists_files[0]  # only DISTS's (random-weight) files; bundled YuNet, SFace and dlib; nothing downloaded
+def report(folders, dists_files, tmp_path_factory):
+    """Only DISTS's and MUSIQ's (random-weight) files; bundled YuNet, SFace and dlib; nothing downloaded."""
+    from honestface_core.metrics.iqa_musiq import FILES, MUSIQMetric
+
+    models = tmp_path_factory.mktemp("eval_models")
+    for sub in dists_files[0].iterdir():
+        (models / sub.name).symlink_to(sub)
+    (models / "iqa").mkdir()
+    torch.manual_seed(0)
+    torch.save(MUSIQMetric().state_dict(), models / "iqa" / FILES["koniq10k"])
     os.environ["TORCH_HOME"] = str(models / "torch")
     return evaluate_folders(folders / "restored", folders / "gt", landmarks="dlib68", models_dir=models, progress=False)
 
@@ -133,7 +141,10 @@ def test_report_rows_counts_and_columns(report):
     assert "sface" in report["meta"]["identity_encoder"]
     assert any(s.startswith("LPIPS skipped: weight file alexnet-owt-7be5be79.pth missing, put it in") for s in report["skipped"])
     assert not any(s.startswith("DISTS") for s in report["skipped"])
-    assert report["columns"][:2] == ["DISTS", "Deg."]  # the paper's order; LPIPS and FID skipped here
+    assert report["columns"][:3] == ["DISTS", "MUSIQ", "Deg."]  # the paper's order; LPIPS, C-IQA, M-IQA, FID skipped
+    assert np.isfinite(rows["a"]["MUSIQ"]) and rows["a"]["MUSIQ"] != b["MUSIQ"]
+    for col in ("C-IQA", "M-IQA"):
+        assert any(s.startswith(f"{col} skipped: weight file ") and "iqa" in s for s in report["skipped"])
     assert 0 < rows["a"]["DISTS"] < b["DISTS"]  # a JPEG copy is closer than another person (random VGG weights)
     assert report["mean"]["PSNR"] == pytest.approx(np.mean([r["PSNR"] for r in report["rows"] if "PSNR" in r]))
 

@@ -1,4 +1,4 @@
-"""Identity encoders on real photos with the real SFace model, and the similarity / Deg maths."""
+"""Identity encoders on real portraits with the real SFace model, and the similarity / Deg maths."""
 
 from __future__ import annotations
 
@@ -9,43 +9,27 @@ import pytest
 import torch
 
 from honestface_core.alignment import align_faces
-from honestface_core.detection import YuNetDetector
 from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.identity import (IdentityEncoder, SFaceEncoder, angle_degrees, cosine_similarity,
                                       to_arcface_crops)
-from honestface_core.images import load_image, uint8_to_tensor
+from honestface_core.images import uint8_to_tensor
 
 NAMES = ("obama", "obama2", "obama3", "biden")
 
 
 @pytest.fixture(scope="module")
-def detector(yunet_path):
-    return YuNetDetector(yunet_path)
-
-
-@pytest.fixture(scope="module")
-def sface(sface_path):
-    return SFaceEncoder(sface_path)
-
-
-@pytest.fixture(scope="module")
-def photos(photos_dir):
-    return {n: load_image(photos_dir / f"{n}.jpg") for n in NAMES}
-
-
-@pytest.fixture(scope="module")
-def aligned(photos, detector):
+def aligned(portraits, yunet_detector):
     """name -> (image, largest face, its 512 crop (1, 512, 512, 3))."""
     out = {}
-    for n, img in photos.items():
-        face = max(detector.detect(img), key=lambda f: f.area)
+    for n, img in portraits.items():
+        face = max(yunet_detector.detect(img), key=lambda f: f.area)
         out[n] = (img, face, align_faces(uint8_to_tensor(img), [face], 512).crops)
     return out
 
 
-def test_sface_same_person_far_above_different_person(aligned, sface):
-    assert isinstance(sface, IdentityEncoder)
-    emb = sface.embed(torch.cat([aligned[n][2] for n in NAMES]))
+def test_sface_same_person_far_above_different_person(aligned, sface_encoder):
+    assert isinstance(sface_encoder, IdentityEncoder)
+    emb = sface_encoder.embed(torch.cat([aligned[n][2] for n in NAMES]))
     assert emb.shape == (4, 128) and emb.dtype == torch.float32
     assert torch.allclose(emb.norm(dim=-1), torch.ones(4), atol=1e-5)
     sim = cosine_similarity(emb, emb)
@@ -58,32 +42,32 @@ def test_sface_same_person_far_above_different_person(aligned, sface):
     assert deg[0, 1] < deg[0, 3] - 15
 
 
-def test_arcface_crop_matches_opencv_aligncrop(aligned, sface):
+def test_arcface_crop_matches_opencv_aligncrop(aligned, sface_encoder):
     """The FFHQ-512 -> ArcFace-112 re-warp reproduces OpenCV's own 5-point alignCrop of the photo."""
     img, face, crop = aligned["obama"]
     row = np.concatenate([face.box[:2], face.box[2:] - face.box[:2], face.kps.reshape(-1), [face.score]]).astype(np.float32)
-    theirs = sface.model.alignCrop(np.ascontiguousarray(img[..., ::-1]), row).astype(np.float32)[..., ::-1]
+    theirs = sface_encoder.model.alignCrop(np.ascontiguousarray(img[..., ::-1]), row).astype(np.float32)[..., ::-1]
     ours = to_arcface_crops(crop)[0].permute(1, 2, 0).numpy()
     err = np.abs(ours - theirs).mean()
     print(f"\nmean abs pixel difference vs cv2 alignCrop: {err:.2f} / 255")
     assert ours.shape == (112, 112, 3) and err < 10
     # and the embedding of the re-warped crop is the one SFace computes from OpenCV's crop
-    theirs_emb = torch.from_numpy(sface.model.feature(np.ascontiguousarray(theirs[..., ::-1]).astype(np.uint8)))
-    assert cosine_similarity(sface.embed(crop), theirs_emb).item() > 0.95
+    theirs_emb = torch.from_numpy(sface_encoder.model.feature(np.ascontiguousarray(theirs[..., ::-1]).astype(np.uint8)))
+    assert cosine_similarity(sface_encoder.embed(crop), theirs_emb).item() > 0.95
 
 
-def test_any_crop_size_gives_the_same_identity(aligned, sface):
+def test_any_crop_size_gives_the_same_identity(aligned, sface_encoder):
     img, face, crop = aligned["obama2"]
     small = align_faces(uint8_to_tensor(img), [face], 256).crops
-    assert cosine_similarity(sface.embed(small), sface.embed(crop)).item() > 0.97
+    assert cosine_similarity(sface_encoder.embed(small), sface_encoder.embed(crop)).item() > 0.97
 
 
-def test_empty_and_bad_crops(sface):
-    assert sface.embed(torch.zeros(0, 512, 512, 3)).shape == (0, 128)
+def test_empty_and_bad_crops(sface_encoder):
+    assert sface_encoder.embed(torch.zeros(0, 512, 512, 3)).shape == (0, 128)
     with pytest.raises(HonestFaceError, match="crops"):
-        sface.embed(torch.zeros(2, 512, 256, 3))
+        sface_encoder.embed(torch.zeros(2, 512, 256, 3))
     with pytest.raises(HonestFaceError, match="crops"):
-        sface.embed(torch.zeros(512, 512, 3))
+        sface_encoder.embed(torch.zeros(512, 512, 3))
 
 
 def test_sface_missing_file(tmp_path):

@@ -1,4 +1,4 @@
-"""Reference sets from image lists and folders (real photos, real YuNet + SFace), top-K, identity-set files."""
+"""Reference sets from image lists and folders (real portraits, real YuNet + SFace), top-K, identity-set files."""
 
 from __future__ import annotations
 
@@ -9,27 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from honestface_core.detection import YuNetDetector
 from honestface_core.errors import HonestFaceError
-from honestface_core.identity import SFaceEncoder, cosine_similarity
-from honestface_core.images import load_image
+from honestface_core.identity import cosine_similarity
 from honestface_core.references import (ReferenceSet, load_identity_set, prepare_references, read_reference_folder,
                                         resolve_reference_folder, save_identity_set)
-
-
-@pytest.fixture(scope="module")
-def detector(yunet_path):
-    return YuNetDetector(yunet_path)
-
-
-@pytest.fixture(scope="module")
-def encoder(sface_path):
-    return SFaceEncoder(sface_path)
-
-
-@pytest.fixture(scope="module")
-def photos(photos_dir):
-    return {n: load_image(photos_dir / f"{n}.jpg") for n in ("obama", "obama2", "obama3", "biden")}
 
 
 def gradient(h=300, w=400) -> np.ndarray:
@@ -40,11 +23,11 @@ def gradient(h=300, w=400) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def refset(photos, detector, encoder):
+def refset(portraits, yunet_detector, sface_encoder):
     """obama2, a plain gradient (no face), biden, and obama at half size (references of different sizes)."""
-    half = photos["obama"][::2, ::2].copy()
-    images = [("image 0", photos["obama2"]), ("image 1", gradient()), ("image 2", photos["biden"]), ("image 3", half)]
-    return prepare_references(images, detector, encoder)
+    half = portraits["obama"][::2, ::2].copy()
+    images = [("image 0", portraits["obama2"]), ("image 1", gradient()), ("image 2", portraits["biden"]), ("image 3", half)]
+    return prepare_references(images, yunet_detector, sface_encoder)
 
 
 def test_prepare_from_image_list(refset):
@@ -58,24 +41,24 @@ def test_prepare_from_image_list(refset):
     assert mean.shape == (1, 128) and torch.allclose(mean.norm(), torch.tensor(1.0))
 
 
-def test_no_face_anywhere(detector, encoder):
+def test_no_face_anywhere(yunet_detector, sface_encoder):
     with pytest.raises(HonestFaceError, match="no face was found in any of the 2"):
-        prepare_references([("a", gradient()), ("b", gradient(200, 200))], detector, encoder)
+        prepare_references([("a", gradient()), ("b", gradient(200, 200))], yunet_detector, sface_encoder)
     with pytest.raises(HonestFaceError, match="no reference images"):
-        prepare_references([], detector, encoder)
+        prepare_references([], yunet_detector, sface_encoder)
 
 
-def test_top_k_keeps_the_target_person(photos, detector, encoder):
-    target_set = prepare_references([("target", photos["obama3"])], detector, encoder)
-    images = [("biden.jpg", photos["biden"]), ("obama.jpg", photos["obama"]), ("obama2.jpg", photos["obama2"])]
-    kept = prepare_references(images, detector, encoder, target_embedding=target_set.embeddings[0], top_k=2)
+def test_top_k_keeps_the_target_person(portraits, yunet_detector, sface_encoder):
+    target_set = prepare_references([("target", portraits["obama3"])], yunet_detector, sface_encoder)
+    images = [("biden.jpg", portraits["biden"]), ("obama.jpg", portraits["obama"]), ("obama2.jpg", portraits["obama2"])]
+    kept = prepare_references(images, yunet_detector, sface_encoder, target_embedding=target_set.embeddings[0], top_k=2)
     print("\n" + "\n".join(kept.status))
     assert kept.names == ["obama.jpg", "obama2.jpg"]
     assert kept.status[0].startswith("biden.jpg: skipped: not in top 2 (similarity")
     assert kept.status[1].startswith("obama.jpg: ok (similarity") and kept.status[2].startswith("obama2.jpg: ok (similarity")
     assert kept.embeddings.shape == (2, 128) and kept.crops.shape[0] == 2
     with pytest.raises(HonestFaceError, match="target"):
-        prepare_references(images, detector, encoder, top_k=1)
+        prepare_references(images, yunet_detector, sface_encoder, top_k=1)
 
 
 @pytest.fixture
@@ -90,13 +73,13 @@ def input_dir(tmp_path, photos_dir):
     return root
 
 
-def test_folder_round_trip(input_dir, detector, encoder):
+def test_folder_round_trip(input_dir, yunet_detector, sface_encoder):
     folder = resolve_reference_folder(input_dir, "refs/obama")
     assert folder == (input_dir / "refs" / "obama").resolve()
     images = read_reference_folder(folder, within=input_dir)
     assert [n for n, _ in images] == ["obama.jpg", "obama2.jpg"]
     assert images[0][1].shape != images[1][1].shape  # different sizes are fine
-    refs = prepare_references(images, detector, encoder)
+    refs = prepare_references(images, yunet_detector, sface_encoder)
     assert refs.names == ["obama.jpg", "obama2.jpg"] and refs.status == ["obama.jpg: ok", "obama2.jpg: ok"]
 
 

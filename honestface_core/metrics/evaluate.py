@@ -62,9 +62,9 @@ class CropScores:
 
 
 def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddings=None, lpips=None,
-                dists=None) -> CropScores:
-    """Score aligned crops ``(N, S, S, 3)`` in [0, 1]: PSNR, SSIM, [LPIPS], [DISTS], [Deg., Ref-Deg], L2-LD, ALD,
-    ALD-e, ALD-m.
+                dists=None, no_reference: Sequence[Any] = ()) -> CropScores:
+    """Score aligned crops ``(N, S, S, 3)`` in [0, 1]: PSNR, SSIM, [LPIPS], [DISTS], [MUSIQ, C-IQA, M-IQA of the
+    restored crops], [Deg., Ref-Deg], L2-LD, ALD, ALD-e, ALD-m.
 
     Args:
         restored, gt: equally shaped crop batches (S is rescaled to 512 for the landmark metrics).
@@ -74,6 +74,8 @@ def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddi
             None or empty entries give NaN), from the same ``encoder``.
         lpips: optional :class:`honestface_core.metrics.image_quality.LPIPSMetric`.
         dists: optional :class:`honestface_core.metrics.image_quality.DISTSMetric`.
+        no_reference: loaded no-reference metrics (:mod:`honestface_core.metrics.no_reference`), each giving the
+            column named by its ``name``.
     """
     import torch
 
@@ -90,6 +92,8 @@ def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddi
         values["LPIPS"] = lpips(restored, gt).numpy()
     if dists is not None:
         values["DISTS"] = dists(restored, gt).numpy()
+    for metric in no_reference:
+        values[metric.name] = metric(restored).numpy()
     lp, lg = landmark_detector.detect(restored), landmark_detector.detect(gt)
     dist = landmark_distances(lp.points, lg.points, landmark_detector.scheme, image_size=restored.shape[1])
     values.update({col: np.asarray(dist[key], float) for key, col in _LANDMARK_KEYS.items()})
@@ -157,6 +161,7 @@ class FolderEvaluator:
     lpips: Any | None = None
     inception: Any | None = None
     dists: Any | None = None
+    no_reference: list[Any] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     _ref_cache: dict = field(default_factory=dict, repr=False)
 
@@ -168,6 +173,7 @@ class FolderEvaluator:
         from ..landmarks import load_landmark_detector
         from ..model_paths import find_model_file_or_bundled
         from . import image_quality as iq
+        from .no_reference import load_available
 
         skipped: list[str] = []
         lm = load_landmark_detector(landmarks, models_dir, device, insightface_pack)
@@ -190,8 +196,8 @@ class FolderEvaluator:
             inception = iq.InceptionFeatures(models_dir, device)
         except iq.MetricUnavailable as err:
             skipped.append(str(err))
-        skipped += [f"{name} skipped: not implemented here (needs {need})" for name, need in iq.UNSUPPORTED.items()]
-        return cls(lm, det, encoder, lpips, inception, dists, skipped)
+        no_reference, nr_skipped = load_available(models_dir, device)
+        return cls(lm, det, encoder, lpips, inception, dists, no_reference, skipped + nr_skipped)
 
     def load_pair(self, restored_path: Path, gt_path: Path):
         """Aligned ``(1, 512, 512, 3)`` restored and ground-truth crops, or ``(None, None)`` when the ground truth
@@ -266,7 +272,7 @@ class FolderEvaluator:
             if refs is None:
                 row["notes"].append("no usable reference: Ref-Deg not computed")
         scores = score_crops(rc, gc, self.landmarks, self.encoder, [refs] if ref_paths is not None else None, self.lpips,
-                             self.dists)
+                             self.dists, self.no_reference)
         row.update({k: float(v[0]) for k, v in scores.values.items()})
         found_r = not np.isnan(scores.pred_landmarks).any()
         found_g = not np.isnan(scores.gt_landmarks).any()

@@ -8,8 +8,7 @@ Only when their weight files are on disk (never downloaded): LPIPS (the ``lpips`
 in its wheel, plus torchvision's ImageNet AlexNet/VGG16 backbone file), DISTS (our implementation; torchvision's
 VGG16 file plus the ``alpha``/``beta`` file ``weights.pt`` of ``DISTS_pytorch``) and FID (torchvision's Inception-v3
 file; our choice of feature extractor, so FID values are comparable among runs of this tool, not with pytorch-fid's
-numbers). C-IQA (CLIP-IQA), M-IQA (MANIQA) and MUSIQ need model files and code we do not bundle; they are
-reported as skipped with the file they would need.
+numbers). The no-reference metrics (MUSIQ, C-IQA, M-IQA) are in :mod:`.no_reference`.
 """
 
 from __future__ import annotations
@@ -29,12 +28,6 @@ TV_FILES = {
     "alex": "alexnet-owt-7be5be79.pth",
     "vgg": "vgg16-397923af.pth",
     "inception": "inception_v3_google-0cc3c7bd.pth",
-}
-#: metrics of the paper's table that we do not compute, with what they would need
-UNSUPPORTED = {
-    "C-IQA": "CLIP-IQA weights (pyiqa clipiqa+ checkpoint and OpenAI CLIP RN50)",
-    "M-IQA": "MANIQA weights (pyiqa ckpt_koniq10k.pt)",
-    "MUSIQ": "MUSIQ weights (pyiqa musiq_koniq_ckpt)",
 }
 
 

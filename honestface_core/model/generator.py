@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from .config import GeneratorConfig
-from .memory_format import cpu_channels_last
+from .memory_format import cpu_channels_last, per_image_on_cpu
 
 
 def alpha_bar(scheduler_config: dict, timestep: int) -> float:
@@ -43,9 +43,12 @@ class OneStepGenerator(nn.Module):
         self.scaling_factor = float(self.vae.config.scaling_factor)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, 4, H/8, W/8) (posterior mode); channels-last on CPU."""
-        z = self.vae.encode(cpu_channels_last(image.to(self.vae.dtype))).latent_dist.mode()
-        return z.contiguous() * self.scaling_factor
+        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, 4, H/8, W/8) (posterior mode); channels-last and one image
+        at a time on CPU (see :mod:`.memory_format`)."""
+        def one(x: torch.Tensor) -> torch.Tensor:
+            return self.vae.encode(cpu_channels_last(x)).latent_dist.mode().contiguous()
+
+        return per_image_on_cpu(one, image.to(self.vae.dtype)) * self.scaling_factor
 
     def x0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``(z - sqrt(1 - abar) * eps) / sqrt(abar)`` computed in float32, returned in ``z.dtype``."""
@@ -60,6 +63,9 @@ class OneStepGenerator(nn.Module):
 
     def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Scaled latent -> image in [-1, 1] (clamped unless ``clamp=False``, e.g. for training losses);
-        channels-last on CPU (see :mod:`.memory_format`)."""
-        image = self.vae.decode(cpu_channels_last(z.to(self.vae.dtype) / self.scaling_factor)).sample.contiguous()
+        channels-last and one image at a time on CPU (see :mod:`.memory_format`)."""
+        def one(x: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(cpu_channels_last(x)).sample.contiguous()
+
+        image = per_image_on_cpu(one, z.to(self.vae.dtype) / self.scaling_factor)
         return image.clamp(-1.0, 1.0) if clamp else image

@@ -1,0 +1,92 @@
+"""No-reference image quality nodes: a loader for the MUSIQ / CLIP-IQA / MANIQA weights and a node that scores
+every image of a batch (the paper's MUSIQ, C-IQA and M-IQA columns)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import comfy.model_management as mm
+import comfy.utils
+import folder_paths
+import torch
+
+from honestface_core.errors import HonestFaceError
+from honestface_core.images import as_rgb_batch
+from honestface_core.metrics.image_quality import MetricUnavailable
+from honestface_core.metrics.iqa_files import pyiqa_cache_dir
+from honestface_core.metrics.no_reference import NO_REFERENCE_METRICS, load_no_reference_metric, metric_choices
+
+QUALITY_METRIC = "HONESTFACE_QUALITY_METRIC"
+
+
+class QualityMetricLoader:
+    DESCRIPTION = ("Loads a no-reference image quality metric from local weight files (nothing is downloaded): MUSIQ, "
+                   "C-IQA (CLIP-IQA) or M-IQA (MANIQA), each in the variants pyiqa publishes, giving pyiqa's numbers. "
+                   f"Put the files in models/iqa; files pyiqa already downloaded to {pyiqa_cache_dir()} are found too. "
+                   "A missing file stops with its exact name and folder.")
+    CATEGORY = "HonestFace/loaders"
+    RETURN_TYPES = (QUALITY_METRIC,)
+    RETURN_NAMES = ("quality_metric",)
+    OUTPUT_TOOLTIPS = ("A no-reference quality metric for the HonestFace Image Quality node.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "metric": (metric_choices(), {"tooltip": "Metric (training set or variant). The first of each is the one "
+                                          "the face-restoration literature reports; see docs/evaluation.md for files."}),
+        }}
+
+    def load(self, metric: str):
+        try:
+            return (load_no_reference_metric(metric, folder_paths.models_dir, mm.get_torch_device()),)
+        except MetricUnavailable as err:
+            raise HonestFaceError("HonestFace Quality Metric Loader", str(err).replace(" skipped:", ":"),
+                                  "Nothing is downloaded automatically; see docs/evaluation.md for where to get it") from err
+
+
+class ImageQuality:
+    DESCRIPTION = ("Scores every image of a batch with a no-reference quality metric (higher = better; MUSIQ about "
+                   "0-100, CLIP-IQA 0-1, MANIQA about 0-1). Use it on restored faces (aligned crops) to compare "
+                   "restorers the way the paper's MUSIQ / C-IQA / M-IQA columns do. Outputs the mean and a JSON "
+                   "report with the score of every image, shown on the node.")
+    CATEGORY = "HonestFace/evaluation"
+    RETURN_TYPES = ("FLOAT", "STRING")
+    RETURN_NAMES = ("mean_score", "report")
+    OUTPUT_TOOLTIPS = ("Mean score over the batch.", "JSON: metric, per-image scores, mean.")
+    FUNCTION = "score"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "Images to score (e.g. restored face crops); any size."}),
+            "quality_metric": (QUALITY_METRIC, {"tooltip": "From the HonestFace Quality Metric Loader."}),
+        }}
+
+    def score(self, images: torch.Tensor, quality_metric):
+        images = as_rgb_batch(images, "images")
+        bar = comfy.utils.ProgressBar(images.shape[0])
+        scores = []
+        for i in range(images.shape[0]):  # one at a time: progress, interrupt, bounded memory on large images
+            mm.throw_exception_if_processing_interrupted()
+            scores.append(float(quality_metric(images[i:i + 1])[0]))
+            bar.update_absolute(i + 1)
+        finite = [s for s in scores if math.isfinite(s)]
+        mean = sum(finite) / len(finite) if finite else float("nan")
+        keyword = NO_REFERENCE_METRICS[quality_metric.name][2]
+        report = {"metric": quality_metric.name, keyword: getattr(quality_metric, keyword, None),
+                  "images": len(scores), "scores": [round(s, 6) for s in scores], "mean": round(mean, 6)}
+        text = json.dumps(report, indent=1)
+        return {"ui": {"text": [text]}, "result": (mean, text)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "HonestFaceQualityMetricLoader": QualityMetricLoader,
+    "HonestFaceImageQuality": ImageQuality,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "HonestFaceQualityMetricLoader": "HonestFace Quality Metric Loader",
+    "HonestFaceImageQuality": "HonestFace Image Quality (MUSIQ / CLIP-IQA / MANIQA)",
+}

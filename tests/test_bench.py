@@ -1,0 +1,38 @@
+"""``honestface bench`` end to end at the tiny size: the report's fields, the table, the JSON file, bad options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from honestface_core.cli import main
+
+
+def test_tiny_bench_reports_every_stage_and_both_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--size", "tiny", "--faces", "1,2", "--device", "cpu", "--dtype", "fp32", "--threads", "1",
+                 "--repeats", "2", "--warmup", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["faces"] for r in report["runs"]] == [1, 2] and report["repeats"] == 2 and report["threads"] == 1
+    for r in report["runs"]:
+        for name in ("align", "VRE", "VAE encode", "UNet", "VAE decode", "paste-back"):
+            assert r["stages"][name]["cpu_seconds"] > 0
+        for side in ("bare_vae_unet", "restore_crops"):
+            m = r[side]
+            assert 0 < m["best_cpu_seconds"] <= m["cpu_seconds"] and 0 < m["best_seconds"] <= m["seconds"]
+        assert r["overhead"] == pytest.approx(r["restore_crops"]["best_cpu_seconds"] / r["bare_vae_unet"]["best_cpu_seconds"] - 1)
+        assert r["per_face_one_call"] == pytest.approx(r["restore_crops"]["best_cpu_seconds"] / r["faces"])
+    assert report["runs"][1]["per_face_single_calls"] > 0 and "per_face_single_calls" not in report["runs"][0]
+    table = capsys.readouterr().out
+    assert "| VAE decode |" in table and "best of 2" in table and "overhead (medians)" in table
+    before = out.read_bytes()
+    assert main(["bench", "--size", "tiny", "--faces", "1", "--json", str(out)]) == 2
+    assert "already exists and is not overwritten" in capsys.readouterr().err and out.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, match", [(["--faces", "0"], "--faces"), (["--faces", "a"], "--faces"),
+                                         (["--refs", "0"], "--refs"), (["--threads", "-1"], "--threads")])
+def test_bad_bench_options(args, match, capsys):
+    assert main(["bench", "--size", "tiny", *args]) == 2
+    assert f"error: {match}" in capsys.readouterr().err
