@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cpu_memory import keep_freed_memory
+
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # our own process: keep freed CPU memory for reuse (see cpu_memory.py)
     try:
         return int(args.func(args) or 0)
     except HonestFaceError as err:

@@ -31,6 +31,8 @@ class ModelFile:
         return Path(models_dir) / self.folder / self.filename
 
 
+PYIQA_WEIGHTS = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights (the files `pyiqa` downloads)"
+
 MODEL_FILES: tuple[ModelFile, ...] = (
     # facexlib (detector, parsers, 98-point landmarks)
     ModelFile("facexlib", "detection_Resnet50_Final.pth", "RetinaFace-R50 face detector", FACEXLIB_URL, "MIT (facexlib); weights from RetinaFace, MIT"),
@@ -73,6 +75,13 @@ MODEL_FILES: tuple[ModelFile, ...] = (
               "a local copy of stabilityai/stable-diffusion-2-1-base", "CreativeML Open RAIL++-M"),
     ModelFile("checkpoints", "v2-1_512-ema-pruned.safetensors", "SD-2.1-base single-file checkpoint (alternative to the diffusers folder)",
               "a local copy of the SD-2.1-base single-file checkpoint", "CreativeML Open RAIL++-M"),
+    # no-reference quality metrics (evaluation only; pyiqa's file names, also found in pyiqa's cache ~/.cache/torch/hub/pyiqa)
+    ModelFile("iqa", "musiq_koniq_ckpt-e95806b9.pth", "MUSIQ (KonIQ-10k) quality metric, the MUSIQ column", PYIQA_WEIGHTS,
+              "see google-research/google-research (musiq)"),
+    ModelFile("iqa", "RN50.pt", "OpenAI CLIP RN50 for CLIP-IQA, the C-IQA column (also found in ~/.cache/clip)",
+              "https://github.com/openai/CLIP (`clip.load('RN50')` saves it to ~/.cache/clip)", "MIT (OpenAI CLIP)"),
+    ModelFile("iqa", "ckpt_koniq10k.pt", "MANIQA (KonIQ-10k) quality metric, the M-IQA column", PYIQA_WEIGHTS,
+              "see github.com/IIGROUP/MANIQA"),
 )
 
 

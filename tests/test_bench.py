@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -17,15 +19,20 @@ def test_tiny_bench_reports_every_stage_and_both_ratios(tmp_path, capsys):
     assert [r["faces"] for r in report["runs"]] == [1, 2] and report["repeats"] == 2 and report["threads"] == 1
     for r in report["runs"]:
         for name in ("align", "VRE", "VAE encode", "UNet", "VAE decode", "paste-back"):
-            assert r["stages"][name]["cpu_seconds"] > 0
+            assert r["stages"][name]["cpu_seconds"] > 0 and r["stages"][name]["peak_mib"] > 0
         for side in ("bare_vae_unet", "restore_crops"):
             m = r[side]
             assert 0 < m["best_cpu_seconds"] <= m["cpu_seconds"] and 0 < m["best_seconds"] <= m["seconds"]
-        assert r["overhead"] == pytest.approx(r["restore_crops"]["best_cpu_seconds"] / r["bare_vae_unet"]["best_cpu_seconds"] - 1)
-        assert r["per_face_one_call"] == pytest.approx(r["restore_crops"]["best_cpu_seconds"] / r["faces"])
+        assert r["overhead"] == pytest.approx(r["restore_crops"]["cpu_seconds"] / r["bare_vae_unet"]["cpu_seconds"] - 1)
+        assert r["overhead_of_best"] == pytest.approx(r["restore_crops"]["best_cpu_seconds"]
+                                                      / r["bare_vae_unet"]["best_cpu_seconds"] - 1)
+        assert r["per_face_one_call"] == pytest.approx(r["restore_crops"]["cpu_seconds"] / r["faces"])
+        extra = sum(r["stages"][s]["cpu_seconds"] for s in ("VRE", "LQ backbone + embedders + fusion"))
+        assert r["overhead_of_stages"] == pytest.approx(extra / sum(r["stages"][s]["cpu_seconds"] for s in
+                                                                     ("VAE encode", "UNet", "VAE decode")))
     assert report["runs"][1]["per_face_single_calls"] > 0 and "per_face_single_calls" not in report["runs"][0]
     table = capsys.readouterr().out
-    assert "| VAE decode |" in table and "best of 2" in table and "overhead (medians)" in table
+    assert "| VAE decode |" in table and "best of 2" in table and "overhead (stage sums)" in table
     before = out.read_bytes()
     assert main(["bench", "--size", "tiny", "--faces", "1", "--json", str(out)]) == 2
     assert "already exists and is not overwritten" in capsys.readouterr().err and out.read_bytes() == before
@@ -36,3 +43,14 @@ def test_tiny_bench_reports_every_stage_and_both_ratios(tmp_path, capsys):
 def test_bad_bench_options(args, match, capsys):
     assert main(["bench", "--size", "tiny", *args]) == 2
     assert f"error: {match}" in capsys.readouterr().err
+
+
+def test_peak_rss_sees_a_temporary_allocation():
+    """In a fresh process (this one may keep freed memory resident, see cpu_memory.py)."""
+    code = ("import torch; from honestface_core.bench import PeakRSS\n"
+            "with PeakRSS() as quiet: pass\n"
+            "with PeakRSS() as busy:\n    x = torch.ones(64, 2**20); del x\n"
+            "print(busy.peak - quiet.peak, quiet.peak - PeakRSS.rss_mib())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    grew, quiet = float(out[0]), float(out[1])
+    assert grew > 200 and abs(quiet) < 50  # 256 MiB written inside the block

@@ -48,7 +48,7 @@ VIT_DEPTH, VIT_HEADS = 12, 12
 FEATURE_BLOCKS = (6, 7, 8, 9)
 WINDOW, SWIN_HEADS, SWIN_MLP = 4, 4, 768
 CROP_MODES = ("uniform", "random")
-#: crops per network pass (our choice: bounds memory, about 100 MB per crop on CPU; results do not depend on it)
+#: crops per network pass (our choice: bounds memory; results do not depend on it)
 _CROPS_PER_PASS = 4
 
 
@@ -172,7 +172,8 @@ class _WindowAttention(nn.Module):
         bw, n, c = x.shape
         q, k, v = self.qkv(x).view(bw, n, 3, SWIN_HEADS, c // SWIN_HEADS).permute(2, 0, 3, 1, 4)
         attn = (q * (c // SWIN_HEADS) ** -0.5) @ k.transpose(-2, -1)
-        attn = attn + self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
+        attn = attn + bias.permute(2, 0, 1)
         if mask is not None:
             nw = mask.shape[0]
             attn = (attn.view(bw // nw, nw, SWIN_HEADS, n, n) + mask[None, :, None]).view(bw, SWIN_HEADS, n, n)
@@ -255,7 +256,7 @@ def crop_offsets(height: int, width: int, num: int, mode: str = "uniform", seed:
     return [(i * step_h, j * step_w) for i in range(per_axis) for j in range(per_axis)][:num]
 
 
-def _check_options(dataset: str, crops: str, num_crops: int) -> None:
+def _check_options(dataset: str, crops: str, num_crops: int, seed: int) -> None:
     if dataset not in FILES:
         raise HonestFaceError("MANIQA dataset", f"{dataset!r} is not known", f"Use one of {', '.join(FILES)}")
     if crops not in CROP_MODES:
@@ -263,6 +264,8 @@ def _check_options(dataset: str, crops: str, num_crops: int) -> None:
     if not isinstance(num_crops, int) or num_crops < 1:
         raise HonestFaceError("MANIQA num_crops", f"{num_crops!r} is not a positive integer",
                               "Use pyiqa's 20 for comparable numbers")
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise HonestFaceError("MANIQA seed", f"{seed!r} is not an integer in 0..2**32-1", "Use pyiqa's 123")
 
 
 class MANIQAMetric(nn.Module):
@@ -272,7 +275,7 @@ class MANIQAMetric(nn.Module):
 
     def __init__(self, dataset: str = "koniq", crops: str = "uniform", num_crops: int = 20, seed: int = 123):
         super().__init__()
-        _check_options(dataset, crops, num_crops)
+        _check_options(dataset, crops, num_crops, seed)
         self.dataset, self.crops, self.num_crops, self.seed = dataset, crops, num_crops, seed
         self.vit = _ViT()
         self.tablock1 = nn.ModuleList(_TABlock() for _ in range(2))
@@ -296,7 +299,7 @@ class MANIQAMetric(nn.Module):
             MetricUnavailable: the weight file is missing.
             HonestFaceError: unknown option, or a file that is not a MANIQA checkpoint.
         """
-        _check_options(dataset, crops, num_crops)
+        _check_options(dataset, crops, num_crops, seed)
         file = find_iqa_file(cls.name, [FILES[dataset]], models_dir, path)
         what = f"a MANIQA {dataset} checkpoint ({FILES[dataset]})"
         model = cls(dataset, crops, num_crops, seed)
@@ -319,7 +322,7 @@ class MANIQAMetric(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, 3)`` IMAGE in [0, 1], any size -> ``(B,)`` float64 scores on CPU."""
         x = (as_rgb_batch(images, "images").to(self.conv1.weight.device).permute(0, 3, 1, 2) - 0.5) / 0.5
-        if min(x.shape[-2:]) <= CROP:  # pyiqa: enlarge so that the shorter side becomes 225
+        if min(x.shape[-2:]) <= CROP:  # pyiqa: shorter side to 225 (224 for some sides: floor of a float product)
             x = F.interpolate(x, scale_factor=(CROP + 1) / min(x.shape[-2:]), mode="bilinear")
         offsets = crop_offsets(x.shape[-2], x.shape[-1], self.num_crops, self.crops, self.seed)
         tiles = torch.stack([x[..., t:t + CROP, l:l + CROP] for t, l in offsets], dim=1).flatten(0, 1)
