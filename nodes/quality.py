@@ -15,7 +15,7 @@ from honestface_core.errors import HonestFaceError
 from honestface_core.images import as_rgb_batch
 from honestface_core.metrics.image_quality import MetricUnavailable
 from honestface_core.metrics.iqa_files import pyiqa_cache_dir
-from honestface_core.metrics.no_reference import NO_REFERENCE_METRICS, load_no_reference_metric, metric_choices
+from honestface_core.metrics.no_reference import describe, load_no_reference_metric, metric_choices
 
 QUALITY_METRIC = "HONESTFACE_QUALITY_METRIC"
 
@@ -75,8 +75,7 @@ class ImageQuality:
             bar.update_absolute(i + 1)
         finite = [s for s in scores if math.isfinite(s)]
         mean = sum(finite) / len(finite) if finite else float("nan")
-        keyword = NO_REFERENCE_METRICS[quality_metric.name][2]
-        report = {"metric": quality_metric.name, keyword: getattr(quality_metric, keyword, None),
+        report = {"metric": describe(quality_metric),
                   "images": len(scores), "scores": [round(s, 6) for s in scores], "mean": round(mean, 6)}
         text = json.dumps(report, indent=1)
         return {"ui": {"text": [text]}, "result": (mean, text)}

@@ -143,6 +143,7 @@ def test_report_rows_counts_and_columns(report):
     assert not any(s.startswith("DISTS") for s in report["skipped"])
     assert report["columns"][:3] == ["DISTS", "MUSIQ", "Deg."]  # the paper's order; LPIPS, C-IQA, M-IQA, FID skipped
     assert np.isfinite(rows["a"]["MUSIQ"]) and rows["a"]["MUSIQ"] != b["MUSIQ"]
+    assert report["meta"]["quality_metrics"] == ["MUSIQ (koniq10k)"]
     for col in ("C-IQA", "M-IQA"):
         assert any(s.startswith(f"{col} skipped: weight file ") and "iqa" in s for s in report["skipped"])
     assert 0 < rows["a"]["DISTS"] < b["DISTS"]  # a JPEG copy is closer than another person (random VGG weights)
@@ -215,3 +216,21 @@ def test_accelerate_launch_splits_and_gathers(tmp_path, crops):
     data = json.loads(out.read_text())
     assert [r["file"] for r in data["rows"]] == ["f0", "f1", "f2"] and data["evaluated"] == 3
     assert proc.stdout.count("# HonestFace evaluation") == 1  # only the main process reports
+
+
+def test_quality_option(tmp_path, folders, capsys, monkeypatch):
+    from honestface_core.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no pyiqa cache
+    from honestface_core.metrics.evaluate import _quality_choices
+
+    assert _quality_choices("none") == [] and _quality_choices(" MUSIQ , C-IQA (clipiqa+)") == ["MUSIQ", "C-IQA (clipiqa+)"]
+    for bad, match in (("MUSIQ,MUSIQ (ava)", "MUSIQ more than once"), ("BRISQUE", "'BRISQUE' is unknown")):
+        assert main(["evaluate", "--restored", str(folders / "restored"), "--gt", str(folders / "gt"),
+                     "--quality", bad]) == 2
+        assert match in capsys.readouterr().err
+    report = evaluate_folders(folders / "restored", folders / "gt", models_dir=tmp_path / "models", identity="none",
+                              progress=False, quality=["M-IQA (pipal)"])
+    assert report["meta"]["quality_metrics"] == []
+    assert any(s.startswith("M-IQA skipped: weight file MANIQA_PIPAL-ae6d356b.pth missing") for s in report["skipped"])
+    assert not any(s.startswith(("MUSIQ", "C-IQA")) for s in report["skipped"])

@@ -48,7 +48,7 @@ def test_scores_every_image(comfy_inprocess, iqa_file, astronaut):
     out = comfy_inprocess.run("HonestFaceImageQuality", images=images, quality_metric=metric)
     mean, text = out["result"]
     report = json.loads(text)
-    assert out["ui"]["text"] == [text] and report["metric"] == "MUSIQ" and report["images"] == 3
+    assert out["ui"]["text"] == [text] and report["metric"] == "MUSIQ (koniq10k)" and report["images"] == 3
     direct = metric(images).tolist()
     assert report["scores"] == pytest.approx(direct, abs=1e-5) and mean == pytest.approx(sum(direct) / 3, abs=1e-5)
     assert len(set(report["scores"])) == 3

@@ -167,9 +167,11 @@ class FolderEvaluator:
 
     @classmethod
     def from_options(cls, landmarks: str = "dlib68", models_dir: str | os.PathLike = "models", aligned: bool = False,
-                     identity: str = "auto", insightface_pack: str = "antelopev2", device: str = "cpu") -> "FolderEvaluator":
+                     identity: str = "auto", insightface_pack: str = "antelopev2", device: str = "cpu",
+                     quality: Sequence[str] | None = None) -> "FolderEvaluator":
         """Load the landmark detector, face detector, identity encoder and the optional image metrics whose weights
-        are present; every metric that cannot run adds a ``skipped: ...`` line."""
+        are present (``quality``: the no-reference metrics to try, e.g. ``["MUSIQ", "C-IQA (clipiqa+)"]``; None =
+        all three); every metric that cannot run adds a ``skipped: ...`` line."""
         from ..landmarks import load_landmark_detector
         from ..model_paths import find_model_file_or_bundled
         from . import image_quality as iq
@@ -196,7 +198,7 @@ class FolderEvaluator:
             inception = iq.InceptionFeatures(models_dir, device)
         except iq.MetricUnavailable as err:
             skipped.append(str(err))
-        no_reference, nr_skipped = load_available(models_dir, device)
+        no_reference, nr_skipped = load_available(models_dir, device, quality)
         return cls(lm, det, encoder, lpips, inception, dists, no_reference, skipped + nr_skipped)
 
     def load_pair(self, restored_path: Path, gt_path: Path):
@@ -433,9 +435,12 @@ def _distributed_state():
 
 def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = "dlib68", models_dir="models",
                      aligned: bool = False, identity: str = "auto", insightface_pack: str = "antelopev2",
-                     device: str = "cpu", progress: bool = True) -> dict | None:
-    """Evaluate paired folders and return the report dict (None on non-main processes under accelerate)."""
+                     device: str = "cpu", progress: bool = True, quality: Sequence[str] | None = None) -> dict | None:
+    """Evaluate paired folders and return the report dict (None on non-main processes under accelerate);
+    ``quality`` as in :meth:`FolderEvaluator.from_options`."""
     from tqdm import tqdm
+
+    from .no_reference import describe
 
     pairs = pair_folders(restored_dir, gt_dir)
     refs_dir = Path(refs_dir) if refs_dir else None
@@ -448,7 +453,7 @@ def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = "dlib
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    ev = FolderEvaluator.from_options(landmarks, models_dir, aligned, identity, insightface_pack, device)
+    ev = FolderEvaluator.from_options(landmarks, models_dir, aligned, identity, insightface_pack, device, quality)
 
     def run(part):
         main = state is None or state.is_main_process
@@ -468,7 +473,7 @@ def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = "dlib
     meta = {"landmarks": f"{landmarks} ({type(ev.landmarks).__name__})",
             "identity_encoder": getattr(ev.encoder, "name", "none") if ev.encoder is not None else "none",
             "alignment": "inputs are aligned crops" if aligned else "YuNet on the ground truth, same transform for both",
-            "crop_size": EVAL_SIZE}
+            "crop_size": EVAL_SIZE, "quality_metrics": [describe(m) for m in ev.no_reference]}
     if ev.encoder is not None and not str(meta["identity_encoder"]).startswith("arcface"):
         meta["identity_encoder"] += " (not ArcFace: Deg. is not comparable with the paper's)"
     return build_report(rows, meta, ev.skipped)
@@ -491,14 +496,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="identity encoder for Deg./Ref-Deg (auto: ArcFace if the insightface pack is present, else SFace)")
     p.add_argument("--insightface-pack", default="antelopev2", help="insightface pack folder name (antelopev2, buffalo_l)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--quality", default="MUSIQ,C-IQA,M-IQA",
+                   help="no-reference metrics to compute when their files are present, comma-separated, each as a column "
+                        "name or 'column (variant)', e.g. 'MUSIQ,C-IQA (clipiqa+)'; 'none' for none (M-IQA takes about "
+                        "a minute per image on one CPU thread)")
     p.add_argument("--out", help="report file: .json, .csv or .md (the Markdown summary is always printed)")
     p.set_defaults(func=_cmd_evaluate)
     return p
 
 
+def _quality_choices(text: str) -> list[str]:
+    """``--quality``: ``"MUSIQ,C-IQA (clipiqa+)"`` -> checked choices; ``"none"`` -> []."""
+    from .no_reference import parse_choice
+
+    if text.strip().lower() == "none":
+        return []
+    choices = [c.strip() for c in text.split(",") if c.strip()]
+    columns = [parse_choice(c)[0] for c in choices]  # unknown names fail here, before any model is loaded
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise HonestFaceError("--quality", f"names {', '.join(twice)} more than once (one report column each)",
+                              "Pick one variant per metric")
+    return choices
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_folders(args.restored, args.gt, args.refs, args.landmarks, args.models, args.aligned,
-                              args.identity, args.insightface_pack, args.device)
+                              args.identity, args.insightface_pack, args.device, quality=_quality_choices(args.quality))
     if report is None:  # non-main accelerate process
         return 0
     print(report_to_markdown(report))

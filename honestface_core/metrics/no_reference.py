@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -37,6 +37,12 @@ def parse_choice(choice: str) -> tuple[str, str]:
     return column, variant
 
 
+def describe(metric: Any) -> str:
+    """``"<column> (<variant>)"`` of a loaded metric, as :func:`metric_choices` names it."""
+    keyword = NO_REFERENCE_METRICS[metric.name][2]
+    return f"{metric.name} ({getattr(metric, keyword)})"
+
+
 def load_no_reference_metric(choice: str, models_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                              path: str | os.PathLike | None = None) -> Any:
     """Load ``choice`` (``"MUSIQ"``, ``"M-IQA (pipal)"``, ...) from ``path`` or its default file under ``models_dir``.
@@ -51,10 +57,12 @@ def load_no_reference_metric(choice: str, models_dir: str | os.PathLike | None =
     return cls.load(models_dir=models_dir, device=device, path=path, **{keyword: variant})
 
 
-def load_available(models_dir: str | os.PathLike | None, device: str | torch.device = "cpu") -> tuple[list[Any], list[str]]:
-    """Every metric (default variant) whose file is present, and a ``skipped: ...`` line for each other one."""
+def load_available(models_dir: str | os.PathLike | None, device: str | torch.device = "cpu",
+                   choices: Sequence[str] | None = None) -> tuple[list[Any], list[str]]:
+    """The metrics of ``choices`` (default: every column, default variants) whose files are present, and a
+    ``skipped: ...`` line for each other one."""
     metrics, skipped = [], []
-    for column in NO_REFERENCE_METRICS:
+    for column in NO_REFERENCE_METRICS if choices is None else choices:
         try:
             metrics.append(load_no_reference_metric(column, models_dir, device))
         except MetricUnavailable as err:
@@ -62,4 +70,4 @@ def load_available(models_dir: str | os.PathLike | None, device: str | torch.dev
     return metrics, skipped
 
 
-__all__ = ["NO_REFERENCE_METRICS", "load_available", "load_no_reference_metric", "metric_choices", "parse_choice"]
+__all__ = ["NO_REFERENCE_METRICS", "describe", "load_available", "load_no_reference_metric", "metric_choices", "parse_choice"]
