@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.utils
@@ -39,11 +40,16 @@ class QualityMetricLoader:
         }}
 
     def load(self, metric: str):
-        try:
-            return (load_no_reference_metric(metric, folder_paths.models_dir, mm.get_torch_device()),)
-        except MetricUnavailable as err:
-            raise HonestFaceError("HonestFace Quality Metric Loader", str(err).replace(" skipped:", ":"),
-                                  "Nothing is downloaded automatically; see docs/evaluation.md for where to get it") from err
+        # every registered folder named "iqa" (extra_model_paths.yaml entries first), ComfyUI's models/iqa last
+        roots = [Path(p).parent for p in folder_paths.get_folder_paths("iqa") if Path(p).name == "iqa"]
+        roots = [r for r in roots if r != Path(folder_paths.models_dir)] + [Path(folder_paths.models_dir)]
+        for root in roots:
+            try:
+                return (load_no_reference_metric(metric, root, mm.get_torch_device()),)
+            except MetricUnavailable as err:
+                missing = err
+        raise HonestFaceError("HonestFace Quality Metric Loader", str(missing).replace(" skipped:", ":"),
+                              "Nothing is downloaded automatically; see docs/evaluation.md for where to get it")
 
 
 class ImageQuality:

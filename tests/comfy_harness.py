@@ -58,7 +58,7 @@ def make_base_dir(root: Path) -> Path:
 
 def write_extra_model_paths(path: Path, models_dir: Path, name: str = "honestface_tests") -> Path:
     """Write an extra_model_paths.yaml that maps the pack's folders (and checkpoints) to ``models_dir``."""
-    folders = ("insightface", "facexlib", "facedetection", "honestface", "checkpoints", "diffusers")
+    folders = ("insightface", "facexlib", "facedetection", "honestface", "checkpoints", "diffusers", "iqa")
     lines = [f"{name}:", f"    base_path: {Path(models_dir).resolve()}"]
     lines += [f"    {folder}: {folder}" for folder in folders]
     path.write_text("\n".join(lines) + "\n")

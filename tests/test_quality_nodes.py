@@ -54,3 +54,19 @@ def test_scores_every_image(comfy_inprocess, iqa_file, astronaut):
     assert len(set(report["scores"])) == 3
     with pytest.raises(HonestFaceError, match="images"):
         comfy_inprocess.run("HonestFaceImageQuality", images=torch.zeros(0, 64, 64, 3), quality_metric=metric)
+
+
+def test_file_found_through_extra_model_paths(comfy_inprocess, test_models_dir, monkeypatch, tmp_path):
+    """The harness registers <test models>/iqa through extra_model_paths.yaml, before ComfyUI's own models/iqa."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    path = test_models_dir / "iqa" / FILES["ava"]
+    path.parent.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(MUSIQMetric("ava").state_dict(), path)
+    try:
+        (metric,) = comfy_inprocess.run("HonestFaceQualityMetricLoader", metric="MUSIQ (ava)")
+        assert metric.dataset == "ava"
+    finally:
+        path.unlink()
+    with pytest.raises(HonestFaceError, match=FILES["ava"]):
+        comfy_inprocess.run("HonestFaceQualityMetricLoader", metric="MUSIQ (ava)")
