@@ -114,15 +114,18 @@ class Timer:
 
     def once(self, fn: Callable[[], object]) -> tuple[float, float, float, object]:
         """Wall seconds, CPU seconds, peak MiB and the result of one call."""
+        import contextlib
+
+        cuda = self.device.type == "cuda"
         self._sync()
-        if self.device.type == "cuda":
+        if cuda:
             self.torch.cuda.reset_peak_memory_stats(self.device)
-        with PeakRSS() as rss:
+        with contextlib.nullcontext() if cuda else PeakRSS() as rss:  # no sampling thread while timing a GPU
             wall, cpu = time.perf_counter(), time.process_time()
             out = fn()
             self._sync()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        peak = self.torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else rss.peak
+        peak = self.torch.cuda.max_memory_allocated(self.device) / 2**20 if cuda else rss.peak
         return wall, cpu, peak, out
 
     def warm_up(self, fn: Callable[[], object]) -> None:

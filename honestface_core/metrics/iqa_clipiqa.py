@@ -38,7 +38,7 @@ from torch import nn
 
 from ..errors import HonestFaceError
 from ..images import as_rgb_batch
-from .iqa_files import find_iqa_file, load_weights, read_state_dict
+from .iqa_files import find_iqa_file, load_weights, read_state_dict, read_weights_file
 from .torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
 
 #: file names of the CLIP RN50 weights: OpenAI's TorchScript archive, or a state dict with OpenAI's key names
@@ -257,11 +257,7 @@ def clip_cache_dirs() -> list[Path]:
 def _read_context(path: Path, width: int) -> torch.Tensor:
     """pyiqa's learned CLIP-IQA+ context: a saved tensor ``(16, width)`` (shared) or ``(2, 16, width)``."""
     what = f"the CLIP-IQA+ learned prompts ({PLUS_FILE})"
-    try:
-        ctx = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, or pickled objects that weights_only refuses
-        raise HonestFaceError(f"'{path}'", f"cannot be read as {what} ({str(err).splitlines()[0][:200]})",
-                              f"Use pyiqa's {PLUS_FILE}") from err
+    ctx = read_weights_file(path, what)
     shapes = ((PLUS_N_CTX, width), (2, PLUS_N_CTX, width))
     if not isinstance(ctx, torch.Tensor) or not ctx.is_floating_point() or tuple(ctx.shape) not in shapes:
         shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__

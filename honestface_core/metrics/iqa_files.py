@@ -55,6 +55,25 @@ def find_iqa_file(metric: str, filenames: Sequence[str], models_dir: str | os.Pa
     raise MetricUnavailable(f"{metric} skipped: weight file {filenames[0]}{also} missing, put it in {where}")
 
 
+def read_weights_file(path: str | os.PathLike, what: str) -> object:
+    """What a ``.safetensors`` file (a dict of tensors) or a torch file (``torch.load(weights_only=True)``) holds.
+
+    Raises:
+        HonestFaceError: corrupt, or holding pickled objects that ``weights_only`` refuses (names the file and ``what``).
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, or pickled objects that weights_only refuses
+        raise HonestFaceError(f"'{path}'", f"cannot be read as {what} ({str(err).splitlines()[0][:200]})",
+                              f"Use the original {what} file; checkpoints holding pickled Python objects are refused "
+                              "for safety") from err
+
+
 def read_state_dict(path: str | os.PathLike, what: str, key: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` or a torch checkpoint file, unwrapped from ``key`` (e.g. ``"params"``) when the
     file nests them there, with DataParallel/compile prefixes removed.
@@ -63,17 +82,7 @@ def read_state_dict(path: str | os.PathLike, what: str, key: str | None = None) 
         HonestFaceError: the file cannot be read safely or holds no tensors (names the file and ``what`` it should be).
     """
     path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, or pickled objects that weights_only refuses
-        raise HonestFaceError(f"'{path}'", f"cannot be read as {what} ({str(err).splitlines()[0][:200]})",
-                              f"Use the original {what} file; checkpoints holding pickled Python objects are refused "
-                              "for safety") from err
+    state = read_weights_file(path, what)
     if key is not None and isinstance(state, dict) and isinstance(state.get(key), dict):
         state = state[key]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -103,4 +112,5 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
     module.load_state_dict(state, strict=True)
 
 
-__all__ = ["IQA_FOLDER", "find_iqa_file", "iqa_folders", "load_weights", "pyiqa_cache_dir", "read_state_dict"]
+__all__ = ["IQA_FOLDER", "find_iqa_file", "iqa_folders", "load_weights", "pyiqa_cache_dir", "read_state_dict",
+           "read_weights_file"]
