@@ -11,11 +11,14 @@ same faces and prompt length, both measured in this run on the same inputs, inte
 
 Per face count: ``--warmup`` untimed ``restore_crops`` calls first (they run every kernel of both sides at the
 shapes timed below and fill the reference cache), then the stages, then the two sides alternately
-(bare, pipeline, pipeline, bare, ...). On CPU the overhead uses process CPU time (robust to other jobs on a
-shared machine); ``--threads 1`` makes it the pure work ratio (with several threads, waiting OpenMP threads spin
-and their spinning under load counts as CPU time). Ratios use the medians of the repeats; beside them the ratio of
-the best (minimum) of the repeats, as ``timeit`` reports, and the stage-sum estimate (VRE + LQ backbone + embedders
-+ fusion) over (VAE encode + UNet + VAE decode) from the stage medians.
+(bare, pipeline, pipeline, bare, ...); with several faces the same faces restored by single-face calls are the
+third side of that rotation, so the batching comparison is paired too. On CPU the ratios use process CPU time
+(robust to other jobs on a shared machine); ``--threads 1`` makes it the pure work ratio (with several threads,
+waiting OpenMP threads spin and their spinning under load counts as CPU time). Ratios use the medians of the
+repeats; beside them the ratio of the best (minimum) of the repeats, as ``timeit`` reports, and the stage-sum
+estimate (VRE + LQ backbone + embedders + fusion) over (VAE encode + UNet + VAE decode) from the stage medians.
+Batching: one call over single calls, the median of the per-repeat ratios (each repeat's three sides ran back to
+back, so slow phases of a shared machine cancel).
 """
 
 from __future__ import annotations
@@ -145,12 +148,18 @@ class Timer:
                     runs[i].append(self.once(fn))
         return [{"seconds": statistics.median(r[0] for r in rs), "cpu_seconds": statistics.median(r[1] for r in rs),
                  "best_seconds": min(r[0] for r in rs), "best_cpu_seconds": min(r[1] for r in rs),
+                 "each_seconds": [r[0] for r in rs], "each_cpu_seconds": [r[1] for r in rs],
                  "peak_mib": max(r[2] for r in rs), "out": rs[-1][3]} for rs in runs]
 
     def cost(self, m: dict, best: bool = False) -> float:
         """The time the ratios use: wall on GPUs, process CPU time on CPU; the median of the repeats or their best."""
         key = "seconds" if self.device.type == "cuda" else "cpu_seconds"
         return m[f"best_{key}" if best else key]
+
+    def paired_ratio(self, a: dict, b: dict) -> float:
+        """Median over the repeats of ``a``'s cost over ``b``'s cost in the same repeat (measured together)."""
+        key = "each_seconds" if self.device.type == "cuda" else "each_cpu_seconds"
+        return statistics.median(x / y for x, y in zip(a[key], b[key]))
 
 
 def build_bench_model(size: str, device, dtype):
@@ -252,9 +261,15 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: boo
     stage("paste-back", lambda: paste_back(image, crops_out, aligned.matrices, aligned.image_index))
 
     random_prompt = torch.randn_like(prompt)
-    bare, pipe = timer(lambda: gen.decode(gen.denoise(gen.encode(lq), random_prompt)),
-                       lambda: restore_crops(model, aligned.crops, refs))
-    keys = ("seconds", "cpu_seconds", "best_seconds", "best_cpu_seconds", "peak_mib")
+    sides = [lambda: gen.decode(gen.denoise(gen.encode(lq), random_prompt)),
+             lambda: restore_crops(model, aligned.crops, refs)]
+    if n > 1:
+        if not warm_singles:
+            timer.warm_up(lambda: restore_crops(model, aligned.crops[:1], refs))
+        sides.append(lambda: [restore_crops(model, aligned.crops[i:i + 1], refs) for i in range(n)])
+    bare, pipe, *singles = timer(*sides)
+    keys = ("seconds", "cpu_seconds", "best_seconds", "best_cpu_seconds", "each_seconds", "each_cpu_seconds",
+            "peak_mib")
     result = {"faces": n, "refs": k, "stages": stages,
               "bare_vae_unet": {k: bare[k] for k in keys}, "restore_crops": {k: pipe[k] for k in keys},
               "overhead": timer.cost(pipe) / timer.cost(bare) - 1.0,
@@ -266,15 +281,13 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: boo
           f"{pipe['seconds']:.3f} s (cpu {pipe['cpu_seconds']:.3f} s), overhead {100 * result['overhead']:+.1f}% "
           f"(of the best runs {100 * result['overhead_of_best']:+.1f}%, of stage sums "
           f"{100 * result['overhead_of_stages']:+.1f}%)", file=sys.stderr)
-    if n > 1:
-        def singles():
-            return [restore_crops(model, aligned.crops[i:i + 1], refs) for i in range(n)]
-
-        if not warm_singles:
-            timer.warm_up(lambda: restore_crops(model, aligned.crops[:1], refs))
-        result["per_face_single_calls"] = timer.cost(timer(singles)[0]) / n
+    if singles:
+        result["single_calls"] = {k: singles[0][k] for k in keys}
+        result["per_face_single_calls"] = timer.cost(singles[0]) / n
+        result["one_call_vs_single_calls"] = timer.paired_ratio(pipe, singles[0])
         print(f"  {n} face(s): per face {result['per_face_one_call']:.3f} s in one call, "
-              f"{result['per_face_single_calls']:.3f} s in single calls", file=sys.stderr)
+              f"{result['per_face_single_calls']:.3f} s in single calls (one call / single calls, paired: "
+              f"{result['one_call_vs_single_calls']:.3f})", file=sys.stderr)
     return result
 
 
@@ -297,14 +310,14 @@ def format_table(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     basis = "process CPU time" if cpu else "wall time"
     lines += ["", f"| faces | bare VAE+UNet ({unit}) | restore_crops ({unit}) | overhead ({basis}) | overhead (best "
-              f"of {report['repeats']}) | overhead (stage sums) | per face, one call | per face, single calls |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"of {report['repeats']}) | overhead (stage sums) | per face, one call | per face, single calls | "
+              f"one call / single calls (paired) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        single = r.get("per_face_single_calls")
+        single, paired = r.get("per_face_single_calls"), r.get("one_call_vs_single_calls")
         lines.append(f"| {r['faces']} | {cell(r['bare_vae_unet'])} | {cell(r['restore_crops'])} | "
                      f"{100 * r['overhead']:+.1f}% | {100 * r['overhead_of_best']:+.1f}% | "
-                     f"{100 * r['overhead_of_stages']:+.1f}% | "
-                     f"{r['per_face_one_call']:.3f} s | {'' if single is None else f'{single:.3f} s'} |")
+                     f"{100 * r['overhead_of_stages']:+.1f}% | {r['per_face_one_call']:.3f} s | "
+                     f"{'' if single is None else f'{single:.3f} s'} | {'' if paired is None else f'{paired:.3f}'} |")
     return "\n".join(lines)
 
 

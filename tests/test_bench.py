@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -30,9 +31,14 @@ def test_tiny_bench_reports_every_stage_and_both_ratios(tmp_path, capsys):
         extra = sum(r["stages"][s]["cpu_seconds"] for s in ("VRE", "LQ backbone + embedders + fusion"))
         assert r["overhead_of_stages"] == pytest.approx(extra / sum(r["stages"][s]["cpu_seconds"] for s in
                                                                      ("VAE encode", "UNet", "VAE decode")))
-    assert report["runs"][1]["per_face_single_calls"] > 0 and "per_face_single_calls" not in report["runs"][0]
+    one, two = report["runs"]
+    assert "per_face_single_calls" not in one and "one_call_vs_single_calls" not in one
+    assert two["per_face_single_calls"] == pytest.approx(two["single_calls"]["cpu_seconds"] / 2)
+    pairs = zip(two["restore_crops"]["each_cpu_seconds"], two["single_calls"]["each_cpu_seconds"])
+    assert two["one_call_vs_single_calls"] == pytest.approx(statistics.median(a / b for a, b in pairs))
     table = capsys.readouterr().out
     assert "| VAE decode |" in table and "best of 2" in table and "overhead (stage sums)" in table
+    assert "one call / single calls (paired)" in table
     before = out.read_bytes()
     assert main(["bench", "--size", "tiny", "--faces", "1", "--json", str(out)]) == 2
     assert "already exists and is not overwritten" in capsys.readouterr().err and out.read_bytes() == before
