@@ -6,7 +6,7 @@ Released layouts (as facexlib's own ``init_*`` helpers read them):
   the ``module.`` prefix of a DataParallel-trained model (facexlib strips it).
 - ``parsing_parsenet.pth`` / ``parsing_bisenet.pth``: a plain state dict.
 - ``alignment_WFLW_4HG.pth``: ``{"state_dict": ...}``.
-All files are read with ``torch.load(..., weights_only=True)``.
+All files are read by :mod:`.weight_files` (``torch.load(..., weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 
 from .errors import HonestFaceError
 from .model_paths import find_model_file
+from .weight_files import load_weights, read_state_dict
 
 FOLDER = "facexlib"
 RETINAFACE_FILES = {"resnet50": "detection_Resnet50_Final.pth", "mobilenet0.25": "detection_mobilenet0.25_Final.pth"}
@@ -27,30 +28,9 @@ BISENET_FILE = "parsing_bisenet.pth"
 AWING_FILE = "alignment_WFLW_4HG.pth"
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a facexlib ``.pth`` safely and unwrap ``state_dict`` / ``params`` wrappers and ``module.`` prefixes."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors of many kinds
-        raise HonestFaceError(f"model file '{path}'", f"cannot be read as a PyTorch weights file ({type(e).__name__}: {e})",
-                              "Replace it with the original release file (it may be truncated or not a .pth file)") from e
-    for key in ("state_dict", "params_ema", "params"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise HonestFaceError(f"model file '{path}'", "does not contain a state dict of tensors",
-                              "Replace it with the original release file")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
-
-
 def _load_into(net: torch.nn.Module, path: Path, device) -> torch.nn.Module:
-    state = _read_state_dict(path)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise HonestFaceError(f"model file '{path}'", f"does not match the {type(net).__name__} network ({str(e)[:300]})",
-                              f"Check that the file really is '{path.name}' from the facexlib releases") from e
+    what = f"facexlib's {path.name} ({type(net).__name__})"
+    load_weights(net, read_state_dict(path, what), path, what)
     return net.eval().to(device)
 
 

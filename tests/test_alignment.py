@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from honestface_core.alignment import (ARCFACE_TEMPLATE_112, FFHQ_TEMPLATE_512, align_faces, estimate_similarity,

@@ -144,5 +144,22 @@ def test_dists_missing_or_wrong_files(tmp_path, monkeypatch, dists_files):
     torch.save({"alpha": weights["alpha"][:, :10]}, bad)
     with pytest.raises(HonestFaceError, match="not DISTS's weights.pt"):
         iq.DISTSMetric.load(vgg_path=vgg, weights_path=bad)
-    with pytest.raises(HonestFaceError, match="not torchvision's VGG16"):
+    with pytest.raises(HonestFaceError, match="does not match torchvision's VGG16"):
         iq.DISTSMetric.load(vgg_path=bad, weights_path=root / "dists" / iq.DISTS_FILE)
+
+
+def test_corrupt_or_wrong_backbone_files_are_named(tmp_path):
+    """LPIPS, FID and the training LPIPS read torchvision files through the shared safe reader: clear errors."""
+    from training.losses import LPIPS
+
+    folder = tmp_path / "torchvision"
+    folder.mkdir()
+    full = folder / iq.TV_FILES["alex"]
+    torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, full)
+    (folder / iq.TV_FILES["inception"]).write_bytes(full.read_bytes()[:100])  # truncated
+    with pytest.raises(HonestFaceError, match=r"inception_v3_google-0cc3c7bd\.pth.*cannot be read as torchvision's Inception"):
+        iq.InceptionFeatures(tmp_path)
+    with pytest.raises(HonestFaceError, match=r"has no 'features.0.bias'"):
+        iq.LPIPSMetric.load("alex", models_dir=tmp_path)
+    with pytest.raises(HonestFaceError, match=r"does not match torchvision's VGG16 .*missing keys: 0.bias"):
+        LPIPS(full, full)

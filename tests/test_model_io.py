@@ -200,5 +200,5 @@ def test_osdface_files_load_and_run(tmp_path, models, base):
     with pytest.raises(HonestFaceError, match="vqvae_LQ"):
         load_osdface(bad, base)
     torch.save({"state_dict": ckpt, "hyper_parameters": argparse.Namespace(lr=1.0)}, bad / "associate_2.ckpt")
-    with pytest.raises(HonestFaceError, match="could not be read safely"):  # weights_only=True refuses objects
+    with pytest.raises(HonestFaceError, match="cannot be read as OSDFace.s associate_2.ckpt.*refused for safety"):  # weights_only=True refuses objects
         load_osdface(bad, base)

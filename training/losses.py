@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from honestface_core.errors import MissingModelError
+from honestface_core.weight_files import load_weights, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,14 @@ class LPIPS(nn.Module):
                 layers.append(nn.ReLU(inplace=False))
         self.features = nn.Sequential(*layers)
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _LPIPS_CHANNELS)
-        vgg = torch.load(str(vgg_path), map_location="cpu", weights_only=True)
-        self.features.load_state_dict({k[len("features."):]: v for k, v in vgg.items() if k.startswith("features.")})
-        lin = torch.load(str(lin_path), map_location="cpu", weights_only=True)
-        for i, conv in enumerate(self.lins):
-            conv.weight.data.copy_(lin[f"lin{i}.model.1.weight"])
+        what = "torchvision's VGG16 state dict (vgg16-397923af.pth)"
+        vgg = read_state_dict(vgg_path, what)
+        load_weights(self.features, {k[len("features."):]: v for k, v in vgg.items() if k.startswith("features.")},
+                     vgg_path, what)
+        what = "LPIPS's VGG linear layers (lpips/weights/v0.1/vgg.pth)"
+        lin = read_state_dict(lin_path, what)
+        names = {f"lin{i}.model.1.weight": f"{i}.weight" for i in range(len(self.lins))}  # LPIPS's key -> ours
+        load_weights(self.lins, {names.get(k, k): v for k, v in lin.items()}, lin_path, what)
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False).eval()

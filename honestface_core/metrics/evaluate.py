@@ -77,8 +77,6 @@ def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddi
         no_reference: loaded no-reference metrics (:mod:`honestface_core.metrics.no_reference`), each giving the
             column named by its ``name``.
     """
-    import torch
-
     from .identity_metrics import deg, ref_deg
     from .image_quality import psnr_y, ssim_y
     from .landmark_distance import landmark_distances
@@ -393,7 +391,7 @@ def report_to_csv(report: dict) -> str:
 def report_to_markdown(report: dict) -> str:
     """Markdown: a summary, the means table, the per-image table and the skipped metrics."""
     cols, meta = report["columns"], report["meta"]
-    lines = [f"# HonestFace evaluation", "",
+    lines = ["# HonestFace evaluation", "",
              f"- images: {report['images']}, evaluated: {report['evaluated']}, "
              f"no face found: {report['no_face_in_ground_truth']}, no landmarks found: {report['no_landmarks_found']}",
              *(f"- {k}: {v}" for k, v in meta.items()), "",

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import HonestFaceError
+from ..weight_files import load_weights, read_state_dict
 
 # torchvision ImageNet weight files, as torchvision names them in its download cache
 TV_FILES = {
@@ -117,7 +118,7 @@ class LPIPSMetric:
             raise MetricUnavailable(f"LPIPS skipped: weight file {TV_FILES[net]} missing, put it in {where}")
         # pnet_rand=True: build the backbone without torchvision's download; its weights come from `path`
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state_dict(path, f"torchvision's {TV_FILES[net]}")
         for sl in (getattr(model.net, f"slice{k}") for k in range(1, model.net.N_slices + 1)):
             for idx, module in sl.named_children():
                 for pname, _ in module.named_parameters(recurse=False):
@@ -219,17 +220,13 @@ class DISTSMetric(torch.nn.Module):
             raise MetricUnavailable(f"DISTS skipped: weight file {DISTS_FILE} (DISTS alpha/beta, from the DISTS_pytorch "
                                     f"wheel or `pip install DISTS_pytorch`) missing, put it in {where}")
         model = cls()
-        state = torch.load(vgg, map_location="cpu", weights_only=True)
-        feats = {k[len("features."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("features.")}
-        try:
-            model.features.load_state_dict(feats, strict=True)
-        except RuntimeError as err:
-            raise HonestFaceError(f"'{vgg}'", f"is not torchvision's VGG16 state dict ({str(err).splitlines()[0]})",
-                                  f"Use torchvision's {TV_FILES['vgg']}") from err
-        w = torch.load(ab, map_location="cpu", weights_only=True)
+        what = f"torchvision's VGG16 state dict ({TV_FILES['vgg']})"
+        state = read_state_dict(vgg, what)
+        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+        load_weights(model.features, feats, vgg, what)
+        w = read_state_dict(ab, f"DISTS's {DISTS_FILE}")
         shape = tuple(model.alpha.shape)
-        if not isinstance(w, dict) or any(not isinstance(w.get(k), torch.Tensor) or tuple(w[k].shape) != shape
-                                          for k in ("alpha", "beta")):
+        if any(not isinstance(w.get(k), torch.Tensor) or tuple(w[k].shape) != shape for k in ("alpha", "beta")):
             raise HonestFaceError(f"'{ab}'", f"is not DISTS's weights.pt (needs tensors 'alpha' and 'beta' of shape {shape})",
                                   "Use weights.pt from the DISTS_pytorch package")
         model.alpha.copy_(w["alpha"])
@@ -277,7 +274,8 @@ class InceptionFeatures:
             raise MetricUnavailable(f"FID skipped: weight file {TV_FILES['inception']} missing, put it in "
                                     f"'{torch_checkpoints_dir()}'" + (f" or '{Path(models_dir) / 'torchvision'}'" if models_dir else ""))
         net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        what = f"torchvision's Inception-v3 ({TV_FILES['inception']})"
+        load_weights(net, read_state_dict(path, what), path, what)
         net.fc = torch.nn.Identity()
         self.net = net.eval().to(device)
 

@@ -38,7 +38,8 @@ from torch import nn
 
 from ..errors import HonestFaceError
 from ..images import as_rgb_batch
-from .iqa_files import find_iqa_file, load_weights, read_state_dict, read_weights_file
+from ..weight_files import load_weights, read_state_dict, read_weights_file
+from .iqa_files import find_iqa_file
 from .torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
 
 #: file names of the CLIP RN50 weights: OpenAI's TorchScript archive, or a state dict with OpenAI's key names

@@ -34,7 +34,8 @@ from torch import nn
 
 from ..errors import HonestFaceError
 from ..images import as_rgb_batch
-from .iqa_files import find_iqa_file, load_weights, read_state_dict
+from ..weight_files import load_weights, read_state_dict
+from .iqa_files import find_iqa_file
 
 #: pyiqa's file name and Swin residual scale per training set (``koniq`` = pyiqa's default ``maniqa``)
 FILES = {"koniq": "ckpt_koniq10k.pt", "kadid": "ckpt_kadid10k.pt", "pipal": "MANIQA_PIPAL-ae6d356b.pth"}
@@ -303,7 +304,7 @@ class MANIQAMetric(nn.Module):
         file = find_iqa_file(cls.name, [FILES[dataset]], models_dir, path)
         what = f"a MANIQA {dataset} checkpoint ({FILES[dataset]})"
         model = cls(dataset, crops, num_crops, seed)
-        load_weights(model, read_state_dict(file, what, key="params"), file, what)
+        load_weights(model, read_state_dict(file, what), file, what)
         return model.to(device).eval()
 
     def _patch_scores(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,8 @@ from torch import nn
 
 from ..errors import HonestFaceError
 from ..images import as_rgb_batch
-from .iqa_files import find_iqa_file, load_weights, read_state_dict
+from ..weight_files import load_weights, read_state_dict
+from .iqa_files import find_iqa_file
 
 #: pyiqa's file name of each training set's checkpoint (``pretrained=`` in pyiqa; ``koniq10k`` is ``musiq``)
 FILES = {

@@ -20,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from ..errors import HonestFaceError, MissingModelError
+from ..weight_files import read_state_dict
 from .config import load_shipped_config
 
 WHERE_TO_GET = "a local copy of SD-2.1-base: a diffusers folder with unet/ and vae/, or a single-file checkpoint in models/checkpoints"
@@ -62,20 +63,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise HonestFaceError(f"base checkpoint '{path}'", f"has an unknown extension '{path.suffix}'",
                               f"Use one of {', '.join(CHECKPOINT_SUFFIXES)}")
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise HonestFaceError(f"checkpoint '{path}'", f"could not be read ({type(exc).__name__}: {exc})",
-                              "Check that the file is complete and not corrupt") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise HonestFaceError(f"checkpoint '{path}'", "does not contain a state dict", "Use an SD-2.1-base checkpoint")
-    return state
+    return read_state_dict(path, "an SD-2.1-base single-file checkpoint")
 
 
 def _load_single_file(path: Path, unet_config: dict[str, Any], vae_config: dict[str, Any]) -> tuple[UNet2DConditionModel, AutoencoderKL]:

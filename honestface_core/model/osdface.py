@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HonestFaceError, MissingModelError
+from ..weight_files import read_state_dict
 from . import lora as lora_utils
 from .base_model import load_base_model
 from .config import GeneratorConfig, HonestFaceConfig, LoRAConfig, VREConfig
@@ -36,24 +37,9 @@ SOURCE = "https://github.com/jkwang28/OSDFace (released checkpoints)"
 LQ_PREFIX = "vqvae_LQ."
 
 
-def _torch_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise HonestFaceError(f"OSDFace file '{path}'", f"could not be read safely ({type(exc).__name__}: {str(exc)[:200]})",
-                              "Use the original OSDFace release file. Only tensors are loaded, never pickled code; if the file "
-                              "holds other objects, re-save just its tensors (torch.save({'state_dict': ckpt['state_dict']}, path)) "
-                              "in a trusted session") from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise HonestFaceError(f"OSDFace file '{path}'", "does not contain a state dict", "Use the original OSDFace release file")
-    return {re.sub(r"^module\.", "", k): v for k, v in state.items() if torch.is_tensor(v)}
-
-
 def read_vre_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The LQ branch of ``associate_2.ckpt`` under this package's VRE key names."""
-    state = _torch_file(path)
+    state = read_state_dict(path, f"OSDFace's {path.name}")
     out = {}
     for key, value in state.items():
         if not key.startswith(LQ_PREFIX) or key.startswith(LQ_PREFIX + "decoder."):
@@ -103,7 +89,7 @@ def load_osdface(folder: str | os.PathLike, base_path: str | os.PathLike, device
         if not paths[name].is_file():
             raise MissingModelError(name, folder, SOURCE)
     vre_state = read_vre_checkpoint(paths[VRE_FILE])
-    projector = _torch_file(paths[PROJECTOR_FILE])
+    projector = read_state_dict(paths[PROJECTOR_FILE], f"OSDFace's {PROJECTOR_FILE}")
     if set(projector) != {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"}:
         raise HonestFaceError(f"OSDFace projector '{paths[PROJECTOR_FILE]}'", f"has keys {sorted(projector)[:6]}, expected conv1/conv2",
                               f"Use OSDFace's {PROJECTOR_FILE}")
