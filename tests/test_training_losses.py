@@ -20,13 +20,14 @@ from training.modeling import ellipse_mask, face_region_mask  # noqa: E402
 
 def _write_lpips_files(folder: Path) -> tuple[Path, Path]:
     """Random weights in the exact formats: torchvision vgg16 state dict and LPIPS v0.1 ``vgg.pth``."""
-    from training.losses import _LPIPS_CHANNELS, _VGG_CONVS
+    from honestface_core.metrics.vgg16 import VGG16_TAP_CHANNELS as _LPIPS_CHANNELS, vgg16_features
 
     gen = torch.Generator().manual_seed(0)
     vgg = {}
-    for i, cin, cout in _VGG_CONVS:
-        vgg[f"features.{i}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * (2 / (9 * cin)) ** 0.5
-        vgg[f"features.{i}.bias"] = torch.zeros(cout)
+    for name, t in vgg16_features(lambda c: torch.nn.MaxPool2d(2)).state_dict().items():  # torchvision's key names and shapes
+        cin = t.shape[1] if t.ndim == 4 else 1
+        vgg[f"features.{name}"] = torch.randn(t.shape, generator=gen) * (2 / (9 * cin)) ** 0.5 if t.ndim == 4 \
+            else torch.zeros(t.shape)
     vgg["classifier.0.weight"] = torch.zeros(8, 8)  # ignored (torchvision's file has the classifier too)
     lin = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=gen) for i, c in enumerate(_LPIPS_CHANNELS)}
     torch.save(vgg, folder / "vgg16-397923af.pth")

@@ -13,17 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from honestface_core.errors import MissingModelError
+from honestface_core.metrics.vgg16 import VGG16_TAP_CHANNELS, load_vgg16_features, vgg16_features, vgg16_taps
 from honestface_core.weight_files import load_weights, read_state_dict
 
 log = logging.getLogger(__name__)
-
-# torchvision's VGG16 ``features`` layout: (index, in, out) of every conv; ReLU after each, max-pool at 4, 9, 16, 23.
-_VGG_CONVS = ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
-              (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512))
-_VGG_POOLS = (4, 9, 16, 23)
-_LPIPS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
-_LPIPS_CHANNELS = (64, 128, 256, 512, 512)
-
 
 class LPIPS(nn.Module):
     """LPIPS (VGG, v0.1) built from two local files, never downloaded.
@@ -35,36 +28,19 @@ class LPIPS(nn.Module):
 
     def __init__(self, vgg_path: str | Path, lin_path: str | Path):
         super().__init__()
-        layers: list[nn.Module] = []
-        convs = {i: (cin, cout) for i, cin, cout in _VGG_CONVS}
-        for i in range(30):
-            if i in convs:
-                layers.append(nn.Conv2d(*convs[i], 3, padding=1))
-            elif i in _VGG_POOLS:
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers.append(nn.ReLU(inplace=False))
-        self.features = nn.Sequential(*layers)
-        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _LPIPS_CHANNELS)
-        what = "torchvision's VGG16 state dict (vgg16-397923af.pth)"
-        vgg = read_state_dict(vgg_path, what)
-        load_weights(self.features, {k[len("features."):]: v for k, v in vgg.items() if k.startswith("features.")},
-                     vgg_path, what)
+        self.features = vgg16_features(lambda channels: nn.MaxPool2d(2, 2))
+        self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in VGG16_TAP_CHANNELS)
+        load_vgg16_features(self.features, vgg_path)
         what = "LPIPS's VGG linear layers (lpips/weights/v0.1/vgg.pth)"
-        lin = read_state_dict(lin_path, what)
         names = {f"lin{i}.model.1.weight": f"{i}.weight" for i in range(len(self.lins))}  # LPIPS's key -> ours
-        load_weights(self.lins, {names.get(k, k): v for k, v in lin.items()}, lin_path, what)
+        load_weights(self.lins, {names.get(k, k): v for k, v in read_state_dict(lin_path, what).items()}, lin_path, what)
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False).eval()
 
     def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out, h = [], (x - self.shift) / self.scale
-        for i, layer in enumerate(self.features):
-            h = layer(h)
-            if i in _LPIPS_TAPS:
-                out.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
-        return out
+        return [h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+                for h in vgg16_taps(self.features, (x - self.shift) / self.scale)]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean LPIPS distance of two [-1, 1] batches (scalar)."""

@@ -23,11 +23,12 @@ import torch.nn.functional as F
 
 from ..errors import HonestFaceError
 from ..weight_files import load_weights, read_state_dict
+from .vgg16 import VGG16_FILE, load_vgg16_features, vgg16_features, vgg16_taps
 
 # torchvision ImageNet weight files, as torchvision names them in its download cache
 TV_FILES = {
     "alex": "alexnet-owt-7be5be79.pth",
-    "vgg": "vgg16-397923af.pth",
+    "vgg": VGG16_FILE,
     "inception": "inception_v3_google-0cc3c7bd.pth",
 }
 
@@ -142,10 +143,6 @@ class LPIPSMetric:
 #: ``alpha`` and ``beta``, each ``(1, 1475, 1, 1)``: one weight per channel of the image and the five VGG stages)
 DISTS_FILE = "weights.pt"
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
-# torchvision's VGG16 ``features``: convolution widths, "M" = max pool; DISTS replaces the first four pools by L2
-# pooling and stops after relu5_3 (index 29), so our layer indices and state-dict keys match torchvision's
-_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-_DISTS_TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 
 
 def dists_weight_candidates(models_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -181,15 +178,7 @@ class DISTSMetric(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        layers: list[torch.nn.Module] = []
-        cin = 3
-        for v in _VGG16_CFG:
-            if v == "M":
-                layers.append(L2Pool(cin))
-            else:
-                layers += [torch.nn.Conv2d(cin, v, 3, padding=1), torch.nn.ReLU()]
-                cin = v
-        self.features = torch.nn.Sequential(*layers)
+        self.features = vgg16_features(L2Pool)  # DISTS replaces VGG16's max pools by L2 pooling
         self.alpha = torch.nn.Parameter(torch.zeros(1, sum(DISTS_CHANNELS), 1, 1))
         self.beta = torch.nn.Parameter(torch.zeros(1, sum(DISTS_CHANNELS), 1, 1))
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
@@ -220,10 +209,7 @@ class DISTSMetric(torch.nn.Module):
             raise MetricUnavailable(f"DISTS skipped: weight file {DISTS_FILE} (DISTS alpha/beta, from the DISTS_pytorch "
                                     f"wheel or `pip install DISTS_pytorch`) missing, put it in {where}")
         model = cls()
-        what = f"torchvision's VGG16 state dict ({TV_FILES['vgg']})"
-        state = read_state_dict(vgg, what)
-        feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-        load_weights(model.features, feats, vgg, what)
+        load_vgg16_features(model.features, vgg)
         w = read_state_dict(ab, f"DISTS's {DISTS_FILE}")
         shape = tuple(model.alpha.shape)
         if any(not isinstance(w.get(k), torch.Tensor) or tuple(w[k].shape) != shape for k in ("alpha", "beta")):
@@ -234,12 +220,7 @@ class DISTSMetric(torch.nn.Module):
         return model.eval().to(device)
 
     def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out, h = [x], (x - self.mean) / self.std
-        for i, layer in enumerate(self.features):
-            h = layer(h)
-            if i in _DISTS_TAPS:
-                out.append(h)
-        return out
+        return [x, *vgg16_taps(self.features, (x - self.mean) / self.std)]
 
     @torch.no_grad()
     def forward(self, restored: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
