@@ -35,10 +35,11 @@ def read_weights_file(path: str | os.PathLike, what: str) -> object:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or truncated file, or pickled objects that weights_only refuses
-        raise HonestFaceError(f"'{path}'", f"cannot be read as {what} ({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})",
-                              f"Use the original {what} file (it may be truncated). Files holding pickled Python objects "
-                              "are refused for safety; if you trust this one, re-save just its tensors in a separate "
-                              "session (torch.save(ckpt['state_dict'], 'weights.pth'))") from err
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise HonestFaceError(f"'{path}'", f"cannot be read as {what} ({reason})",
+                              "Replace it with the original file (this one may be truncated). Files holding pickled "
+                              "Python objects are refused for safety; if you trust this one, re-save just its tensors "
+                              "in a separate session (torch.save(ckpt['state_dict'], 'weights.pth'))") from err
 
 
 def read_state_dict(path: str | os.PathLike, what: str, nesting: Sequence[str] = NESTING_KEYS) -> dict[str, torch.Tensor]:
@@ -54,7 +55,8 @@ def read_state_dict(path: str | os.PathLike, what: str, nesting: Sequence[str] =
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)} \
         if isinstance(state, dict) else {}
     if not tensors:
-        raise HonestFaceError(f"'{path}'", f"is not {what} (expected a dict of tensors)", f"Use the original {what} file")
+        raise HonestFaceError(f"'{path}'", f"is not {what} (expected a dict of tensors)",
+                              "Replace it with the original file")
     out = {}
     for k, v in tensors.items():
         for prefix in WRAPPER_PREFIXES:
@@ -76,7 +78,8 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], path: 
         parts = [f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''} ({len(items)})"
                  for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
                                       ("wrong shapes", shapes)) if items]
-        raise HonestFaceError(f"'{path}'", f"does not match {what} ({'; '.join(parts)})", f"Use the original {what} file")
+        raise HonestFaceError(f"'{path}'", f"does not match {what} ({'; '.join(parts)})",
+                              "Replace it with the original file")
     module.load_state_dict(state, strict=True)
 
 
