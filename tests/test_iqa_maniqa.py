@@ -116,6 +116,13 @@ def test_wrong_files(tmp_path):
     torch.save({"vit.cls_token": torch.zeros(1, 1, 768), "head.weight": torch.zeros(1, 384)}, other)
     with pytest.raises(HonestFaceError, match="does not match a MANIQA koniq checkpoint.*missing keys"):
         MANIQAMetric.load(path=other)
+    small = {"vit.cls_token": torch.zeros(1, 1, 768)}
+    torch.save({"params": small}, other)  # pyiqa's nesting key is read
+    with pytest.raises(HonestFaceError, match="does not match a MANIQA koniq checkpoint.*missing keys"):
+        MANIQAMetric.load(path=other)
+    torch.save({"params_ema": small}, other)  # ... and only that one, as pyiqa does
+    with pytest.raises(HonestFaceError, match=r"is not a MANIQA koniq checkpoint \(ckpt_koniq10k\.pt\) \(expected a dict of tensors\)"):
+        MANIQAMetric.load(path=other)
 
 
 def test_bad_options_and_input(metric):

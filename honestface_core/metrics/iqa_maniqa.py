@@ -304,7 +304,8 @@ class MANIQAMetric(nn.Module):
         file = find_iqa_file(cls.name, [FILES[dataset]], models_dir, path)
         what = f"a MANIQA {dataset} checkpoint ({FILES[dataset]})"
         model = cls(dataset, crops, num_crops, seed)
-        load_weights(model, read_state_dict(file, what), file, what)
+        # pyiqa reads the weights under "params" (never "params_ema"); a plain state dict is read as it is
+        load_weights(model, read_state_dict(file, what, nesting=("params",)), file, what)
         return model.to(device).eval()
 
     def _patch_scores(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
