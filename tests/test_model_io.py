@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -202,3 +203,161 @@ def test_osdface_files_load_and_run(tmp_path, models, base):
     torch.save({"state_dict": ckpt, "hyper_parameters": argparse.Namespace(lr=1.0)}, bad / "associate_2.ckpt")
     with pytest.raises(HonestFaceError, match="cannot be read as OSDFace.s associate_2.ckpt.*refused for safety"):  # weights_only=True refuses objects
         load_osdface(bad, base)
+
+
+# ------------------------------------------------------------------------------------------- crafted bundle files
+
+
+def craft_bundle(src: Path, dst: Path, edit=None, tensors_edit=None) -> Path:
+    """A copy of the bundle ``src`` whose config dict (``edit(config)``) and/or tensors (``tensors_edit(tensors)``)
+    were changed, written in the bundle format (safetensors + metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    config = json.loads(metadata["config"])
+    if edit is not None:
+        edit(config)
+    if tensors_edit is not None:
+        tensors_edit(tensors)
+    metadata["config"] = json.dumps(config)
+    save_file(tensors, str(dst), metadata=metadata)
+    return dst
+
+
+def _set(path: str, value):
+    def edit(config: dict) -> None:
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("vre.codebook_size", 10**12, "outside 1..65536"),
+    ("vre.codebook_size", -1024, "outside 1..65536"),
+    ("prompt_dim", 0, "outside 1..8192"),
+    ("features.dim", "512", "of type str, not an integer"),
+    ("lora.rank", 16.0, "of type float, not an integer"),
+    ("vre.num_res_blocks", True, "of type bool, not an integer"),
+    ("identity.num_tokens", 5000, "outside 1..4096"),
+    ("vre.channel_mult", [1, 2, -2, 4, 8], "outside 1..64"),
+    ("generator.unet.block_out_channels", [8, 16, 10**9, 16], "outside 1..8192"),
+    ("generator.vae.latent_channels", 4.5, "not an integer"),
+    ("generator.timestep", 1000, "below the scheduler's 1000 steps"),
+    ("lora.alpha", float("nan"), "not a number in (0, 10000]"),
+    ("features.backbone", "../../../etc/model", "not a model file name"),
+    ("vre", [], "not a JSON object"),
+])
+def test_crafted_bundle_config_is_refused_before_anything_is_built(tmp_path, bundle, field, value, problem):
+    """Every size in a bundle's config is type- and bounds-checked while reading it; the error names the bundle
+    file and the field. The base path does not exist: a MissingModelError would show the check came too late."""
+    crafted = craft_bundle(bundle, tmp_path / "crafted.safetensors", _set(field, value))
+    with pytest.raises(HonestFaceError) as err:
+        load_honestface(crafted, tmp_path / "no_base_here")
+    assert not isinstance(err.value, MissingModelError)
+    message = str(err.value)
+    assert str(crafted) in message and f"field '{field}" in message and problem in message, message
+    assert "Traceback" not in message
+
+
+def test_bundle_config_bounds_cover_every_size_field():
+    """Every int field of every config section has a bound (a new field without one fails here)."""
+    import dataclasses
+    import typing
+
+    from honestface_core.model import config as cfg
+
+    unbounded = []
+    for prefix, section in [("", cfg.HonestFaceConfig)] + [
+            (f"{name}.", typing.get_type_hints(cfg.HonestFaceConfig)[name]) for name in cfg.SECTIONS]:
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
+            hint = hints[f.name]
+            if (hint is int or typing.get_args(hint)[:1] == (int,)) and prefix + f.name not in cfg._INT_BOUNDS:
+                unbounded.append(prefix + f.name)
+    assert unbounded == []
+    cfg.validate_config(cfg.HonestFaceConfig())  # the real sizes are within the bounds
+    cfg.validate_config(cfg.HonestFaceConfig.tiny("osdface"))
+
+
+def test_crafted_bundle_consistency_and_size_before_base(tmp_path, bundle):
+    """Fields each within bounds but inconsistent (heads that do not divide the width), a model beyond the
+    parameter bound, tensors that do not fit the config: refused before the base model is read."""
+    cases = [
+        (_set("features.heads", 3), {}, "does not describe a buildable model"),
+        (_set("generator.unet.block_out_channels", [4096, 4096, 4096, 4096]), {}, "billion parameters"),
+        (None, {"fusion.branch_embed": torch.zeros(3, 7)}, "wrong shape ['fusion.branch_embed (3, 7) != (3, 1024)']"),
+    ]
+    for i, (edit, replace, problem) in enumerate(cases):
+        crafted = craft_bundle(bundle, tmp_path / f"crafted{i}.safetensors", edit, lambda t, r=replace: t.update(r))
+        with pytest.raises(HonestFaceError) as err:
+            load_honestface(crafted, tmp_path / "no_base_here")
+        assert not isinstance(err.value, MissingModelError) and str(crafted) in str(err.value)
+        assert problem in str(err.value), str(err.value)
+
+    def bad_lora(tensors):
+        key = next(k for k in tensors if k.startswith("unet_lora.") and k.endswith("lora_B.weight"))
+        tensors[key] = torch.zeros(tensors[key].shape[0] + 1, *tensors[key].shape[1:])
+    crafted = craft_bundle(bundle, tmp_path / "bad_lora.safetensors", tensors_edit=bad_lora)
+    with pytest.raises(HonestFaceError, match="LoRA") as err:
+        load_honestface(crafted, tmp_path / "no_base_here")
+    assert not isinstance(err.value, MissingModelError)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_bundle_weights_are_named(tmp_path, bundle, base, bad):
+    """A NaN / Inf anywhere in the bundle would give black restores: refused on reading, naming the tensor."""
+    key = "projector.conv2.weight"
+
+    def poison(tensors):
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[5] = bad
+    crafted = craft_bundle(bundle, tmp_path / "nan.safetensors", tensors_edit=poison)
+    with pytest.raises(HonestFaceError) as err:
+        load_honestface(crafted, base)
+    message = str(err.value)
+    assert str(crafted) in message and f"tensor '{key}'" in message
+    assert ("NaN" if bad != bad else "infinite") in message
+
+
+def test_osdface_files_with_non_finite_or_crafted_weights(tmp_path, models):
+    """NaN / Inf in any of OSDFace's three files, or sizes no OSDFace model has, are refused naming the file,
+    before the base model is read (the base path does not exist)."""
+    folder = models / "honestface" / "osdface"
+    no_base = tmp_path / "no_base_here"
+    bad = tmp_path / "osdface_nan"
+    shutil.copytree(folder, bad)
+    projector = torch.load(folder / "embedding_change_weights.pth", weights_only=True)
+    poisoned = {k: v.clone() for k, v in projector.items()}
+    poisoned["conv1.bias"][0] = float("nan")
+    torch.save(poisoned, bad / "embedding_change_weights.pth")
+    with pytest.raises(HonestFaceError) as err:
+        load_osdface(bad, no_base)
+    assert not isinstance(err.value, MissingModelError)
+    assert "embedding_change_weights.pth" in str(err.value) and "tensor 'conv1.bias' holds NaN" in str(err.value)
+    torch.save(projector, bad / "embedding_change_weights.pth")
+    lora = load_file(str(folder / "pytorch_lora_weights.safetensors"))
+    key = sorted(lora)[0]
+    lora[key] = lora[key].clone()
+    lora[key].view(-1)[0] = float("inf")
+    save_file(lora, str(bad / "pytorch_lora_weights.safetensors"))
+    with pytest.raises(HonestFaceError, match=re.escape(f"pytorch_lora_weights.safetensors': tensor '{key}' holds infinite")):
+        load_osdface(bad, no_base)
+    # a codebook of more entries than the bounds allow (the tensor itself is small: 1 column)
+    shutil.copy(folder / "pytorch_lora_weights.safetensors", bad / "pytorch_lora_weights.safetensors")
+    ckpt = torch.load(folder / "associate_2.ckpt", weights_only=True)
+    state = ckpt["state_dict"]
+    codebook = state["vqvae_LQ.quantize.embedding.weight"]
+    state["vqvae_LQ.quantize.embedding.weight"] = torch.full_like(codebook, float("nan"))
+    torch.save(ckpt, bad / "associate_2.ckpt")
+    with pytest.raises(HonestFaceError, match="associate_2.ckpt': tensor 'vqvae_LQ.quantize.embedding.weight' holds NaN"):
+        load_osdface(bad, no_base)
+    state["vqvae_LQ.quantize.embedding.weight"] = torch.zeros(70000, 1)
+    torch.save(ckpt, bad / "associate_2.ckpt")
+    with pytest.raises(HonestFaceError, match=r"do not describe an OSDFace model \(field 'vre.codebook_size'") as err:
+        load_osdface(bad, no_base)
+    assert not isinstance(err.value, MissingModelError)

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import HonestFaceError, MissingModelError
+from ..tensor_checks import check_finite
 from . import lora as lora_utils
 from .base_model import load_base_model
 from .config import HonestFaceConfig
@@ -31,6 +32,9 @@ MODULE_PREFIXES = ("vre.", "projector.", "identity_encoder.", "feature_extractor
 UNET_KEYS = ("cross_attention_dim", "in_channels", "out_channels", "block_out_channels", "layers_per_block",
              "down_block_types", "up_block_types", "attention_head_dim", "use_linear_projection")
 VAE_KEYS = ("latent_channels", "block_out_channels", "layers_per_block", "down_block_types", "up_block_types")
+#: largest model (parameters and buffers, base UNet + VAE included) a bundle's config may describe; our choice:
+#: 4x the SD-2.1 HonestFace model (1.0e9), so a crafted config cannot make the loader allocate without bounds
+MAX_PARAMETERS = 4_000_000_000
 WHERE_TO_GET = "train with training/ and export with training/export.py (no official weights are published)"
 
 
@@ -61,18 +65,27 @@ def save_bundle(model: HonestFaceModel, path: str | os.PathLike, overwrite: bool
 
 
 def read_bundle(path: str | os.PathLike) -> tuple[HonestFaceConfig, dict[str, torch.Tensor]]:
-    """Config and tensors of a bundle; clear errors for a missing, corrupt or foreign file."""
+    """Config and tensors of a bundle; clear errors for a missing, corrupt or foreign file, a config with a wrong
+    type or an out-of-bounds size in any field (checked before the tensors are read), and NaN / infinite weights."""
     path = Path(path)
     if not path.is_file():
         raise MissingModelError(path.name, path.parent, WHERE_TO_GET)
     what = f"HonestFace bundle '{path}'"
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+            config = _bundle_config(f.metadata() or {}, what)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except HonestFaceError:
+        raise
     except Exception as exc:
         raise HonestFaceError(what, f"is not a readable .safetensors file ({type(exc).__name__}: {exc})",
                               "Re-export it with training/export.py; the file may be truncated or not a bundle") from exc
+    check_finite(tensors, what, "The training run that produced it diverged or the file is damaged: export the bundle "
+                 "again from an earlier checkpoint")
+    return config, tensors
+
+
+def _bundle_config(metadata: dict[str, str], what: str) -> HonestFaceConfig:
     if metadata.get("format") != FORMAT:
         raise HonestFaceError(what, "has no HonestFace metadata (format != 'honestface')",
                               "Use a bundle written by training/export.py (OSDFace weights load with load_osdface)")
@@ -80,10 +93,54 @@ def read_bundle(path: str | os.PathLike) -> tuple[HonestFaceConfig, dict[str, to
         raise HonestFaceError(what, f"has format version {metadata.get('format_version')!r}, this code reads {FORMAT_VERSION!r}",
                               "Update comfyui-honestface or re-export the bundle")
     try:
-        config = HonestFaceConfig.from_json(metadata["config"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise HonestFaceError(what, f"has an invalid config in its metadata ({exc})", "Re-export the bundle") from exc
-    return config, tensors
+        return HonestFaceConfig.from_json(metadata["config"])
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        raise HonestFaceError(what, f"has an invalid config in its metadata ({str(exc)[:300]})",
+                              "Re-export the bundle with training/export.py") from exc
+
+
+def check_bundle_tensors(config: HonestFaceConfig, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Check a bundle's tensors against its config before anything real is built or loaded: missing, unexpected or
+    resized module tensors and LoRA matrices that do not fit the UNet are refused, naming the bundle."""
+    fix = "Re-export the bundle with training/export.py"
+    model = _build_on_meta(config, what, fix)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(MODULE_PREFIXES)}
+    module_state = {k: v for k, v in tensors.items() if not k.startswith(LORA_PREFIX)}
+    missing, unexpected = sorted(set(expected) - set(module_state)), sorted(set(module_state) - set(expected))
+    resized = sorted(f"{k} {tuple(module_state[k].shape)} != {expected[k]}" for k in set(expected) & set(module_state)
+                     if tuple(module_state[k].shape) != expected[k])
+    if missing or unexpected or resized:
+        raise HonestFaceError(what, f"does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                              f"wrong shape {resized[:3]})", fix)
+    lora_state = {k[len(LORA_PREFIX):]: v for k, v in tensors.items() if k.startswith(LORA_PREFIX)}
+    try:
+        modules = lora_utils.lora_modules(lora_state)
+    except ValueError as exc:
+        raise HonestFaceError(what, f"has a damaged UNet LoRA ({exc})", fix) from exc
+    for name, (a, b) in modules.items():
+        try:
+            weight = model.generator.unet.get_submodule(name).weight
+        except AttributeError:
+            raise HonestFaceError(what, f"has a LoRA for '{name}', which the UNet of its config does not have", fix) from None
+        if b.shape[0] != weight.shape[0] or a.shape[1:] != weight.shape[1:] or b.numel() != b.shape[0] * a.shape[0]:
+            raise HonestFaceError(what, f"has LoRA matrices for '{name}' of shapes {tuple(a.shape)} / {tuple(b.shape)}, "
+                                  f"which do not fit its weight {tuple(weight.shape)}", fix)
+
+
+def _build_on_meta(config: HonestFaceConfig, what: str, fix: str) -> HonestFaceModel:
+    """The whole model (random-init UNet/VAE from the config) on the ``meta`` device: shapes only, no memory.
+    Refuses a config that no constructor accepts or that describes more than :data:`MAX_PARAMETERS`."""
+    try:
+        with torch.device("meta"):
+            model = HonestFaceModel(config)
+    except Exception as exc:  # any constructor's complaint about an inconsistent config (e.g. width % heads)
+        reason = exc.problem if isinstance(exc, HonestFaceError) else f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise HonestFaceError(what, f"has a config that does not describe a buildable model ({reason})", fix) from exc
+    count = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    if count > MAX_PARAMETERS:
+        raise HonestFaceError(what, f"has a config for a model of {count / 1e9:.1f} billion parameters, more than the "
+                              f"{MAX_PARAMETERS / 1e9:.0f} billion this loader accepts", fix)
+    return model
 
 
 def check_base_matches(config: HonestFaceConfig, unet_config: dict[str, Any], vae_config: dict[str, Any],
@@ -114,10 +171,14 @@ def load_honestface(bundle_path: str | os.PathLike, base_path: str | os.PathLike
             file); only needed to restore with references.
     """
     config, tensors = read_bundle(bundle_path)
+    what = f"HonestFace bundle '{bundle_path}'"
+    check_bundle_tensors(config, tensors, what)  # before the (slow) base model is read
     folder_configs = [Path(base_path) / sub / "config.json" for sub in ("unet", "vae")]
     if all(p.is_file() for p in folder_configs):  # check before reading weights of a mismatched base
         try:
             unet_config, vae_config = (json.loads(p.read_text()) for p in folder_configs)
+            if not isinstance(unet_config, dict) or not isinstance(vae_config, dict):
+                raise ValueError("a config.json is not a JSON object")
         except (OSError, ValueError) as exc:
             raise HonestFaceError(f"base model folder '{base_path}'", f"has an unreadable config.json ({exc})",
                                   "Use an intact SD-2.1-base diffusers folder") from exc
@@ -131,13 +192,6 @@ def load_honestface(bundle_path: str | os.PathLike, base_path: str | os.PathLike
     model = HonestFaceModel(config, unet, vae, backbone)
     lora_state = {k[len(LORA_PREFIX):]: v for k, v in tensors.items() if k.startswith(LORA_PREFIX)}
     module_state = {k: v for k, v in tensors.items() if not k.startswith(LORA_PREFIX)}
-    what = f"HonestFace bundle '{bundle_path}'"
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith(MODULE_PREFIXES)}
-    missing, unexpected = sorted(set(expected) - set(module_state)), sorted(set(module_state) - set(expected))
-    resized = sorted(k for k in set(expected) & set(module_state) if tuple(module_state[k].shape) != expected[k])
-    if missing or unexpected or resized:
-        raise HonestFaceError(what, f"does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                              f"wrong shape {resized[:3]})", "Re-export the bundle with training/export.py")
     try:
         model.load_state_dict(module_state, strict=False)
         if lora_state:

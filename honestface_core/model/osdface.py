@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import HonestFaceError, MissingModelError
+from ..tensor_checks import check_finite
 from ..weight_files import read_state_dict
 from . import lora as lora_utils
 from .base_model import load_base_model
@@ -40,15 +41,16 @@ LQ_PREFIX = "vqvae_LQ."
 def read_vre_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The LQ branch of ``associate_2.ckpt`` under this package's VRE key names."""
     state = read_state_dict(path, f"OSDFace's {path.name}")
-    out = {}
+    out, used = {}, {}
     for key, value in state.items():
         if not key.startswith(LQ_PREFIX) or key.startswith(LQ_PREFIX + "decoder."):
             continue
-        key = key[len(LQ_PREFIX):]
-        if key == "quantize.embedding.weight":
-            out["codebook.weight"] = value
-        elif key.startswith(("encoder.", "quant_conv.")):
-            out[key] = value
+        name = key[len(LQ_PREFIX):]
+        if name == "quantize.embedding.weight":
+            out["codebook.weight"] = used[key] = value
+        elif name.startswith(("encoder.", "quant_conv.")):
+            out[name] = used[key] = value
+    check_finite(used, f"OSDFace file '{path}'", f"Download OSDFace's {VRE_FILE} again (this copy is damaged)")
     if "codebook.weight" not in out or "encoder.conv_in.weight" not in out:
         raise HonestFaceError(f"OSDFace VRE checkpoint '{path}'", f"has no '{LQ_PREFIX}encoder' / '{LQ_PREFIX}quantize' weights",
                               f"Use OSDFace's {VRE_FILE}")
@@ -96,19 +98,27 @@ def load_osdface(folder: str | os.PathLike, base_path: str | os.PathLike, device
     try:
         from safetensors.torch import load_file
 
-        lora_state = lora_utils.normalise_lora_keys(load_file(str(paths[LORA_FILE])))
+        lora_file = load_file(str(paths[LORA_FILE]))
+        lora_state = lora_utils.normalise_lora_keys(lora_file)
         rank = lora_utils.lora_rank(lora_state)
     except Exception as exc:
         raise HonestFaceError(f"OSDFace LoRA '{paths[LORA_FILE]}'", f"is not a UNet LoRA file ({str(exc)[:200]})",
                               f"Use OSDFace's {LORA_FILE}") from exc
-    vre = infer_vre_config(vre_state)
-    vre.projector_hidden = projector["conv1.weight"].shape[0]
+    for name, state in ((PROJECTOR_FILE, projector), (LORA_FILE, lora_file)):
+        check_finite(state, f"OSDFace file '{paths[name]}'", f"Download OSDFace's {name} again (this copy is damaged)")
     gen = generator or GeneratorConfig()
+    try:  # sizes read from the files, checked (types and bounds) before anything is built
+        vre = infer_vre_config(vre_state)
+        vre.projector_hidden = projector["conv1.weight"].shape[0]
+        config = HonestFaceConfig(variant="osdface", prompt_dim=projector["conv2.weight"].shape[0], vre=vre,
+                                  lora=LoRAConfig(rank=rank, alpha=float(lora_alpha or rank), target_modules=()),
+                                  generator=gen)
+    except (KeyError, IndexError, ValueError, ZeroDivisionError) as exc:
+        raise HonestFaceError(f"OSDFace files in '{folder}'", f"do not describe an OSDFace model ({str(exc)[:200]})",
+                              f"Use OSDFace's released {VRE_FILE} and {PROJECTOR_FILE}") from exc
     unet, vae = load_base_model(base_path, gen.unet, gen.vae)
-    config = HonestFaceConfig(variant="osdface", prompt_dim=projector["conv2.weight"].shape[0], vre=vre,
-                              lora=LoRAConfig(rank=rank, alpha=float(lora_alpha or rank), target_modules=()),
-                              generator=GeneratorConfig(timestep=gen.timestep, unet=dict(unet.config), vae=dict(vae.config),
-                                                        scheduler=gen.scheduler))
+    config.generator = GeneratorConfig(timestep=gen.timestep, unet=dict(unet.config), vae=dict(vae.config),
+                                       scheduler=gen.scheduler)
     model = HonestFaceModel(config, unet, vae)
     try:
         model.vre.load_state_dict(vre_state, strict=True)

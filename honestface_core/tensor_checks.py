@@ -1,0 +1,33 @@
+"""Checks of loaded tensors: NaN or infinite values in weights or stored embeddings never reach a model.
+
+A NaN in one weight spreads through every layer after it and the restore comes out black with no error, so loaded
+files are checked once, when they are read, and the first bad tensor is named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from .errors import HonestFaceError
+
+
+def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """Name of the first floating-point tensor (in the mapping's order) holding a NaN or an infinity, else None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str, fix: str) -> None:
+    """Raise :class:`HonestFaceError` naming ``what`` (the file) and the first tensor with NaN or infinite values."""
+    bad = first_non_finite(tensors)
+    if bad is not None:
+        values = tensors[bad]
+        kinds = [k for k, n in (("NaN", int(torch.isnan(values).sum())), ("infinite", int(torch.isinf(values).sum()))) if n]
+        raise HonestFaceError(what, f"tensor '{bad}' holds {' and '.join(kinds)} values", fix)
+
+
+__all__ = ["check_finite", "first_non_finite"]
