@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,12 @@ from .detection import FaceDetector, select_faces
 from .errors import HonestFaceError
 from .identity import IdentityEncoder, cosine_similarity
 from .images import IMAGE_EXTENSIONS, load_image, uint8_to_tensor
+from .tensor_checks import check_finite
 
 IDENTITY_SET_FORMAT = "honestface.identity_set"
 IDENTITY_SET_VERSION = 1
+MIN_CROP_SIZE = 64  # smallest aligned reference crop (Load References' crop_size minimum; our choice)
+REBUILD = "Rebuild the identity set from the photos (HonestFace Load References + Save Identity Set)"
 
 
 @dataclass
@@ -64,23 +68,54 @@ class ReferenceSet:
 # Reading references
 
 
+MAX_NAME_CHARS = 1024  # longest folder / file name a node accepts (our choice; Linux allows 4096 and 255 per part)
+
+
+def check_relative_name(name: object, what: str, inside: str) -> str:
+    """Check a path typed into a node (a folder, a file name prefix): text without control characters, at most
+    :data:`MAX_NAME_CHARS` characters (255 bytes per part), relative, and without ``..`` parts, so that it can only
+    name something inside ``inside`` (e.g. "the input directory '/ComfyUI/input'"). Returns ``name``.
+
+    Raises:
+        HonestFaceError: naming ``what`` and the rule the name breaks.
+    """
+    fix = f"Type a name relative to {inside}, e.g. 'refs/alice'"
+    if not isinstance(name, str):
+        raise HonestFaceError(what, f"is a {type(name).__name__}, not text", fix)
+    shown = repr(name) if len(name) <= 60 else repr(name[:57]) + "..."
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise HonestFaceError(f"{what} {shown}", "contains a control character (e.g. a null byte or a line break)", fix)
+    parts = re.split(r"[/\\]", name)
+    if len(name) > MAX_NAME_CHARS or any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in parts):
+        raise HonestFaceError(f"{what} {shown}", f"is {len(name)} characters long; names are limited to "
+                              f"{MAX_NAME_CHARS} characters and 255 bytes per folder or file name", fix)
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:([/\\]|$)", name):
+        raise HonestFaceError(f"{what} {shown}", f"is an absolute path; only names inside {inside} are read or written", fix)
+    if ".." in parts:
+        raise HonestFaceError(f"{what} {shown}", f"contains '..', which could lead outside {inside}", fix)
+    return name
+
+
 def resolve_reference_folder(input_dir: str | os.PathLike, folder: str) -> Path:
     """Resolve ``folder`` (relative to ``input_dir``) and make sure it stays inside ``input_dir``.
 
-    ``..`` components and symbolic links are resolved before the check, so neither can lead outside.
+    The name is checked with :func:`check_relative_name` (no absolute paths, no ``..``); symbolic links are
+    resolved before the final check, so they cannot lead outside either.
 
     Raises:
-        HonestFaceError: empty name, outside ``input_dir``, or not an existing folder.
+        HonestFaceError: empty or malformed name, outside ``input_dir``, or not an existing folder.
     """
     base = Path(input_dir).resolve()
-    if not str(folder).strip():
+    inside = f"the input directory '{base}'"
+    if isinstance(folder, str) and not folder.strip():
         raise HonestFaceError("reference folder", "no folder name was given",
                               f"Type the name of a folder inside the input directory '{base}', e.g. 'refs/alice'")
-    target = (base / str(folder).strip()).resolve()
+    folder = check_relative_name(folder, "reference folder", inside).strip()
+    target = (base / folder).resolve()
     if not target.is_relative_to(base):
-        raise HonestFaceError(f"reference folder '{folder}'", f"resolves to '{target}', which is outside the input directory '{base}'",
+        raise HonestFaceError(f"reference folder '{folder}'", f"resolves to '{target}', which is outside {inside}",
                               "Put the reference photos in a folder inside the input directory and give its name relative "
-                              "to it (no '..' or links that lead outside)")
+                              "to it (no links that lead outside)")
     if not target.is_dir():
         raise HonestFaceError(f"reference folder '{folder}'", f"'{target}' does not exist or is not a folder",
                               f"Create it inside '{base}' and put photos of the person in it")
@@ -202,7 +237,7 @@ def save_identity_set(refset: ReferenceSet, path: str | os.PathLike, overwrite: 
 
     path = Path(path)
     _check_suffix(path)
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # lexists: a dangling symbolic link is not replaced either
         raise HonestFaceError(f"identity set file '{path}'", "already exists and is not overwritten",
                               "Choose another file name, or allow overwriting")
     metadata = {
@@ -216,6 +251,9 @@ def save_identity_set(refset: ReferenceSet, path: str | os.PathLike, overwrite: 
                "embeddings": refset.embeddings.detach().float().cpu().contiguous()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
+    if os.path.lexists(tmp):  # never write through a file or link someone left there
+        raise HonestFaceError(f"identity set file '{path}'", f"cannot be written: '{tmp}' is in the way",
+                              "Remove that leftover file, or choose another file name")
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path
@@ -225,7 +263,10 @@ def load_identity_set(path: str | os.PathLike) -> ReferenceSet:
     """Read an identity set written by :func:`save_identity_set`.
 
     Raises:
-        HonestFaceError: missing file, not a readable .safetensors file, or not an identity set.
+        HonestFaceError: missing file, not a readable .safetensors file, not an identity set, or contents that
+            would fail later: crops that are not square RGB of at least :data:`MIN_CROP_SIZE` pixels in [0, 1],
+            embeddings that are not one L2-normalised row per crop, NaN / infinite values, non-float tensors,
+            names or status lines that do not match the crops.
     """
     from safetensors import safe_open
 
@@ -250,9 +291,38 @@ def load_identity_set(path: str | os.PathLike) -> ReferenceSet:
     if not 1 <= version <= IDENTITY_SET_VERSION:
         raise HonestFaceError(what, f"has identity-set format version {meta.get('format_version')!r}, this HonestFace reads "
                               f"up to {IDENTITY_SET_VERSION}", "Update HonestFace, or rebuild the set from the photos")
+    crops, embeddings = _checked_identity_tensors(tensors["crops"], tensors["embeddings"], what)
     try:
         names, status = json.loads(meta["names"]), json.loads(meta["status"])
-        return ReferenceSet(tensors["crops"], tensors["embeddings"], [str(n) for n in names], [str(s) for s in status],
+        if not isinstance(names, list) or not isinstance(status, list) or len(status) < len(names):
+            raise ValueError("'names' and 'status' must be lists, with a status line for every kept reference")
+        return ReferenceSet(crops, embeddings, [str(n) for n in names], [str(s) for s in status],
                             str(meta.get("encoder_name", "")))
     except (KeyError, TypeError, ValueError) as err:
-        raise HonestFaceError(what, f"has damaged metadata ({err})", "Rebuild the identity set from the photos") from err
+        raise HonestFaceError(what, f"has damaged metadata ({str(err)[:200]})", REBUILD) from err
+
+
+def _checked_identity_tensors(crops: torch.Tensor, embeddings: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stored crops and embeddings as float32, after checking everything restoring with them relies on."""
+    for name, tensor in (("crops", crops), ("embeddings", embeddings)):
+        if not tensor.is_floating_point():
+            raise HonestFaceError(what, f"tensor '{name}' has dtype {tensor.dtype}, not a float type", REBUILD)
+    if crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2] or crops.shape[0] == 0:
+        raise HonestFaceError(what, f"tensor 'crops' has shape {tuple(crops.shape)}, not (K, S, S, 3): K >= 1 square "
+                              "RGB crops", REBUILD)
+    if crops.shape[1] < MIN_CROP_SIZE:
+        raise HonestFaceError(what, f"holds {crops.shape[1]}x{crops.shape[2]} crops, smaller than the "
+                              f"{MIN_CROP_SIZE}x{MIN_CROP_SIZE} minimum", REBUILD + " (crop size 512)")
+    if embeddings.ndim != 2 or embeddings.shape[0] != crops.shape[0] or embeddings.shape[1] == 0:
+        raise HonestFaceError(what, f"tensor 'embeddings' has shape {tuple(embeddings.shape)}, not one row per crop "
+                              f"({crops.shape[0]}, D)", REBUILD)
+    check_finite({"crops": crops, "embeddings": embeddings}, what, REBUILD)
+    crops, embeddings = crops.float(), embeddings.float()
+    if crops.min() < 0 or crops.max() > 1:
+        raise HonestFaceError(what, f"tensor 'crops' has values from {float(crops.min()):.3g} to {float(crops.max()):.3g}, "
+                              "outside [0, 1]", REBUILD)
+    norms = embeddings.norm(dim=1)
+    if not torch.allclose(norms, torch.ones_like(norms), atol=1e-2):  # bf16 encoders stay well within 1e-2
+        raise HonestFaceError(what, f"tensor 'embeddings' is not L2-normalised (row norms {float(norms.min()):.3g} to "
+                              f"{float(norms.max()):.3g})", REBUILD)
+    return crops, embeddings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -83,14 +84,29 @@ def test_folder_round_trip(input_dir, yunet_detector, sface_encoder):
     assert refs.names == ["obama.jpg", "obama2.jpg"] and refs.status == ["obama.jpg: ok", "obama2.jpg: ok"]
 
 
-@pytest.mark.parametrize("name", ["../outside", "refs/../../outside", "link_out", "{abs}"])
-def test_folder_outside_input_dir(input_dir, tmp_path, name):
+@pytest.mark.parametrize("name, problem", [
+    ("../outside", "contains '..', which could lead outside the input directory"),
+    ("refs/../../outside", "contains '..'"),
+    ("refs\\..\\..\\outside", "contains '..'"),
+    ("link_out", "which is outside the input directory"),
+    ("{abs}", "is an absolute path; only names inside the input directory"),
+    ("{abs_inside}", "is an absolute path"),
+    ("refs/obama\x00.jpg", "contains a control character (e.g. a null byte"),
+    ("refs/line\nbreak", "contains a control character"),
+    ("x" * 5000, "is 5000 characters long"),
+    ("refs/" + "y" * 256, "255 bytes per folder or file name"),
+])
+def test_folder_names_that_could_leave_the_input_dir(input_dir, tmp_path, name, problem):
+    """Hostile or careless folder names: a clear error naming the input, never an OSError / ValueError."""
     outside = tmp_path / "outside"
     outside.mkdir()
     os.symlink(outside, input_dir / "link_out")
-    with pytest.raises(HonestFaceError, match="outside the input directory") as err:
-        resolve_reference_folder(input_dir, name.format(abs=outside))
-    assert "inside the input directory" in err.value.fix
+    with pytest.raises(HonestFaceError) as err:
+        resolve_reference_folder(input_dir, name.format(abs=outside, abs_inside=input_dir / "refs" / "obama"))
+    message = str(err.value)
+    assert message.startswith("reference folder") and problem in message, message
+    assert len(message) < 600  # a 5000-character name is not echoed in full
+    assert "inside the input directory" in err.value.fix or "relative to the input directory" in err.value.fix
 
 
 def test_folder_missing_or_empty(input_dir):
@@ -154,3 +170,109 @@ def test_identity_set_bad_files(refset, tmp_path):
     save_file({"lora_A.weight": torch.zeros(2, 2)}, str(foreign))
     with pytest.raises(HonestFaceError, match="not a HonestFace identity set"):
         load_identity_set(foreign)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Crafted identity-set files: a clear error on load, never a crash (or black output) later
+
+
+def small_refset(k: int = 2, size: int = 64, dim: int = 8) -> ReferenceSet:
+    g = torch.Generator().manual_seed(3)
+    emb = torch.nn.functional.normalize(torch.randn(k, dim, generator=g), dim=-1)
+    return ReferenceSet(torch.rand(k, size, size, 3, generator=g), emb, [f"r{i}" for i in range(k)],
+                        [f"r{i}: ok" for i in range(k)], "sface")
+
+
+def write_set(path, crops, embeddings, names=None, status=None):
+    from safetensors.torch import save_file
+
+    k = crops.shape[0] if crops.ndim else 0
+    names = [f"r{i}" for i in range(k)] if names is None else names
+    meta = {"format": "honestface.identity_set", "format_version": "1", "names": json.dumps(names),
+            "status": json.dumps([f"{n}: ok" for n in names] if status is None else status), "encoder_name": "sface"}
+    save_file({"crops": crops.contiguous(), "embeddings": embeddings.contiguous()}, str(path), metadata=meta)
+    return path
+
+
+def _nan_at(t: torch.Tensor, value: float) -> torch.Tensor:
+    t = t.clone()
+    t.view(-1)[3] = value
+    return t
+
+
+@pytest.mark.parametrize("case, problem", [
+    ("nan_embedding", "tensor 'embeddings' holds NaN values"),
+    ("inf_embedding", "tensor 'embeddings' holds infinite values"),
+    ("nan_crop", "tensor 'crops' holds NaN values"),
+    ("tiny_crops", "holds 4x4 crops, smaller than the 64x64 minimum"),
+    ("int_crops", "tensor 'crops' has dtype torch.uint8, not a float type"),
+    ("int_embeddings", "tensor 'embeddings' has dtype torch.int64"),
+    ("not_square", "tensor 'crops' has shape (2, 64, 80, 3)"),
+    ("grey_crops", "tensor 'crops' has shape (2, 64, 64)"),
+    ("no_crops", "tensor 'crops' has shape (0, 64, 64, 3)"),
+    ("count_mismatch", "tensor 'embeddings' has shape (3, 8), not one row per crop (2, D)"),
+    ("names_mismatch", "inconsistent shapes"),
+    ("names_not_list", "has damaged metadata"),
+    ("out_of_range", "outside [0, 1]"),
+    ("zero_embedding", "not L2-normalised"),
+])
+def test_crafted_identity_sets_are_refused_on_load(tmp_path, case, problem):
+    ref = small_refset()
+    crops, emb = ref.crops, ref.embeddings
+    names = None
+    if case == "nan_embedding":
+        emb = _nan_at(emb, float("nan"))
+    elif case == "inf_embedding":
+        emb = _nan_at(emb, float("inf"))
+    elif case == "nan_crop":
+        crops = _nan_at(crops, float("nan"))
+    elif case == "tiny_crops":
+        crops = crops[:, :4, :4]
+    elif case == "int_crops":
+        crops = (crops * 255).to(torch.uint8)
+    elif case == "int_embeddings":
+        emb = emb.long()
+    elif case == "not_square":
+        crops = torch.rand(2, 64, 80, 3)
+    elif case == "grey_crops":
+        crops = crops[..., 0]
+    elif case == "no_crops":
+        crops, emb = crops[:0], emb[:0]
+    elif case == "count_mismatch":
+        emb = torch.cat([emb, emb[:1]])
+    elif case == "names_mismatch":
+        names = ["only one"]
+    elif case == "names_not_list":
+        names = {"a": 1}
+    elif case == "out_of_range":
+        crops = crops * 3
+    elif case == "zero_embedding":
+        emb = torch.cat([emb[:1], torch.zeros_like(emb[:1])])
+    path = write_set(tmp_path / f"{case}.safetensors", crops, emb, names)
+    with pytest.raises(HonestFaceError) as err:
+        load_identity_set(path)
+    message = str(err.value)
+    assert str(path) in message and problem in message, message
+
+
+def test_identity_set_checks_accept_what_save_writes(tmp_path):
+    """The smallest allowed crops, half-precision tensors and one reference load (as float32)."""
+    ref = small_refset(k=1, size=64)
+    back = load_identity_set(save_identity_set(ref, tmp_path / "one.safetensors"))
+    assert torch.equal(back.crops, ref.crops) and torch.equal(back.embeddings, ref.embeddings)
+    half = write_set(tmp_path / "half.safetensors", ref.crops.half(), ref.embeddings.half())
+    loaded = load_identity_set(half)
+    assert loaded.crops.dtype == torch.float32 and loaded.embeddings.dtype == torch.float32
+
+
+def test_identity_set_save_never_writes_through_links(tmp_path):
+    """A dangling link at the target (or at the temporary name) is neither replaced nor written through."""
+    ref = small_refset()
+    outside = tmp_path / "outside.safetensors"
+    os.symlink(outside, tmp_path / "set.safetensors")
+    with pytest.raises(HonestFaceError, match="already exists"):
+        save_identity_set(ref, tmp_path / "set.safetensors")
+    os.symlink(outside, tmp_path / ".other.safetensors.partial")
+    with pytest.raises(HonestFaceError, match="is in the way"):
+        save_identity_set(ref, tmp_path / "other.safetensors")
+    assert not outside.exists() and not (tmp_path / "other.safetensors").exists()
