@@ -4,7 +4,9 @@ Files (downloaded by the user from https://github.com/jkwang28/OSDFace into ``mo
 
 - ``associate_2.ckpt``: VRE checkpoint (``{"state_dict": ...}``); the LQ branch keys start with ``vqvae_LQ.``
   (``vqvae_LQ.encoder.*``, ``vqvae_LQ.quant_conv.*``, ``vqvae_LQ.quantize.embedding.weight``); its decoder and
-  any other branch are ignored. Read with ``torch.load(weights_only=True)``.
+  any other branch are ignored. Expected to be a PyTorch Lightning 1.0.8 checkpoint (``callbacks`` keyed by
+  the ``ModelCheckpoint`` class, optimizer states); :mod:`..weight_files` reads it with ``torch.load(weights_only=True)``
+  and inert stand-ins for Lightning's objects (docs/model.md), without Lightning installed.
 - ``pytorch_lora_weights.safetensors``: UNet LoRA, PEFT ``lora_A/lora_B`` or older ``lora.down/lora.up`` names,
   with or without the ``unet.`` prefix.
 - ``embedding_change_weights.pth``: the token projector (``conv1``/``conv2`` 1x1 Conv1d).
