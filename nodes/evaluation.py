@@ -29,8 +29,8 @@ from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTI
 
 LANDMARKS = "HONESTFACE_LANDMARKS"
 NODE = "HonestFace Landmark Evaluation"
-INPUT_KINDS = ("aligned crops", "detect and align (ground truth's face)")
-INSIGHTFACE_SCHEMES = ("ins106 (2d106det)", "ins68 (1k3d68)")
+INPUT_KINDS = ["aligned crops", "detect and align (ground truth's face)"]  # lists: ComfyUI checks list choices
+INSIGHTFACE_SCHEMES = ["ins106 (2d106det)", "ins68 (1k3d68)"]
 EVAL_SIZE = 512
 
 
@@ -95,6 +95,19 @@ def _prepare(images: torch.Tensor, name: str, kind: str, detector, faces=None) -
     return crops, missing
 
 
+def _check_same_frame(restored: torch.Tensor, ground_truth: torch.Tensor) -> None:
+    """In 'detect and align' mode the ground truth's face transform also aligns the restored image, so the two must
+    show the same frame: equal sizes, or the same aspect ratio to one pixel (a restorer's 2x / 4x output), which is
+    rescaled to the ground truth's size. Other sizes would silently misalign every landmark: refused."""
+    (rh, rw), (gh, gw) = restored.shape[1:3], ground_truth.shape[1:3]
+    if abs(rh * gw - gh * rw) > max(gw, rw):  # more than one pixel off a uniform scale in either image
+        raise HonestFaceError(f"{NODE}: restored / ground_truth", f"restored images are {rw}x{rh} and ground-truth "
+                              f"images {gw}x{gh}: not the same frame (different aspect ratios), so the ground truth's "
+                              "face alignment would not fit the restored image",
+                              "Pass restored images of the ground truth's size (or a uniform 2x / 4x of it), or "
+                              "aligned crops of both with input_kind 'aligned crops'")
+
+
 def _mean(values: np.ndarray | None) -> float:
     """Mean over the finite values; -1.0 when there is none (not computed)."""
     if values is None:
@@ -131,7 +144,8 @@ class LandmarkEvaluation:
                 "input_kind": (INPUT_KINDS, {"tooltip": "'aligned crops': both batches are FFHQ-aligned crops (other "
                                              "sizes are rescaled to 512); 'detect and align': the largest face of each "
                                              "ground truth is detected and the same transform aligns both images (our "
-                                             "choice: a global shift of the restoration stays visible in L2-LD)."}),
+                                             "choice: a global shift of the restoration stays visible in L2-LD); "
+                                             "restored images need the ground truth's size or aspect ratio."}),
                 "insightface_scheme": (INSIGHTFACE_SCHEMES, {"tooltip": "Landmark model used when the landmarks come "
                                                              "from the insightface input (its pack must contain it)."}),
             },
@@ -162,12 +176,15 @@ class LandmarkEvaluation:
         notes = []
         if input_kind == "aligned crops":
             detector = None
+            notes += [f"{name} crops {t.shape[2]}x{t.shape[1]} rescaled to {EVAL_SIZE}x{EVAL_SIZE}"
+                      for name, t in (("restored", restored), ("ground_truth", ground_truth)) if t.shape[1] != EVAL_SIZE]
         else:
             if not has_id:
                 raise HonestFaceError(f"{NODE}: input_kind", "'detect and align' needs a face detector",
                                       "Connect an OpenCV or insightface loader, or pass aligned crops")
             detector = pick_detector(NODE, insightface=insightface, opencv=opencv)
             if restored.shape[1:3] != ground_truth.shape[1:3]:
+                _check_same_frame(restored, ground_truth)
                 notes.append(f"restored {restored.shape[2]}x{restored.shape[1]} resized to the ground truth's "
                              f"{ground_truth.shape[2]}x{ground_truth.shape[1]}")
                 restored = torch.nn.functional.interpolate(restored.permute(0, 3, 1, 2), size=ground_truth.shape[1:3],

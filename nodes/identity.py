@@ -16,7 +16,7 @@ from honestface_core.images import as_rgb_batch
 
 from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector, pick_encoder
 
-INPUT_KINDS = ("detect largest face", "aligned crops")
+INPUT_KINDS = ["detect largest face", "aligned crops"]  # a list: ComfyUI checks list choices
 NODE = "Face Identity Similarity"
 
 

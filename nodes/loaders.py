@@ -22,7 +22,7 @@ from honestface_core.parsing import FaceParser
 from .model_folders import models_dir_with
 from .types import FACEXLIB_HELPER, OPENCV_FACE, FacexlibModels, OpenCVFaceModels
 
-PROVIDERS = ("auto", "CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO")
+PROVIDERS = ["auto", "CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO"]  # a list: ComfyUI checks list choices
 YUNET = next(m for m in MODEL_FILES if m.folder == "facedetection" and "yunet" in m.filename)
 SFACE = next(m for m in MODEL_FILES if m.folder == "facedetection" and "sface" in m.filename)
 PARSER_FILES = {"parsenet": PARSENET_FILE, "bisenet": BISENET_FILE}

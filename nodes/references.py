@@ -13,8 +13,8 @@ from honestface_core.alignment import align_faces
 from honestface_core.detection import detect_faces
 from honestface_core.errors import HonestFaceError
 from honestface_core.images import as_rgb_batch, tensor_to_uint8
-from honestface_core.references import (load_identity_set, prepare_references, read_reference_folder,
-                                        resolve_reference_folder, save_identity_set)
+from honestface_core.references import (MIN_CROP_SIZE, check_relative_name, load_identity_set, prepare_references,
+                                        read_reference_folder, resolve_reference_folder, save_identity_set)
 
 from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, REFS, pick_detector, pick_encoder
 
@@ -43,7 +43,7 @@ class LoadReferences:
                                       "of the person (e.g. 'refs/alice'); leave empty to use only 'images'."}),
                 "top_k": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Keep only the K references most "
                                   "similar to the target's face (needs 'target'); 0 keeps all."}),
-                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
+                "crop_size": ("INT", {"default": 512, "min": MIN_CROP_SIZE, "max": 2048, "step": 8,
                                       "tooltip": "Side of the aligned reference crops (HonestFace uses 512)."}),
             },
             "optional": {
@@ -66,14 +66,15 @@ class LoadReferences:
         return str(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in path.iterdir() if p.is_file()))
 
     def load(self, folder: str, top_k: int, crop_size: int, images=None, target=None, insightface=None, opencv=None):
+        input_dir = folder_paths.get_input_directory()
+        folder_path = resolve_reference_folder(input_dir, folder) if str(folder).strip() else None  # checked first
         detector = pick_detector(NODE, insightface=insightface, opencv=opencv)
         encoder = pick_encoder(NODE, insightface=insightface, opencv=opencv)
         photos = []
         if images is not None:
             photos += [(f"image {i}", a) for i, a in enumerate(tensor_to_uint8(as_rgb_batch(images, "images")))]
-        if folder.strip():
-            input_dir = folder_paths.get_input_directory()
-            photos += read_reference_folder(resolve_reference_folder(input_dir, folder), within=input_dir)
+        if folder_path is not None:
+            photos += read_reference_folder(folder_path, within=input_dir)
         if not photos:
             raise HonestFaceError(f"{NODE}: images / folder", "no reference photos were given",
                                   "Connect an IMAGE batch of the person, or type a folder name inside the input directory")
@@ -92,7 +93,7 @@ class LoadReferences:
 
 def unused_path(directory: Path, stem: str, counter: int) -> Path:
     """First ``<stem>_NNNNN_.safetensors`` in ``directory`` that does not exist (never overwrite)."""
-    while (directory / f"{stem}_{counter:05}_.safetensors").exists():
+    while os.path.lexists(directory / f"{stem}_{counter:05}_.safetensors"):  # a dangling link counts as taken
         counter += 1
     return directory / f"{stem}_{counter:05}_.safetensors"
 
@@ -116,6 +117,7 @@ class SaveIdentitySet:
 
     def save(self, references, filename_prefix: str):
         out_dir = folder_paths.get_output_directory()
+        check_relative_name(filename_prefix, "Save Identity Set: filename_prefix", f"the output directory '{out_dir}'")
         full_dir, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
         path = save_identity_set(references, unused_path(Path(full_dir), stem, counter))
         rel = os.path.relpath(path, out_dir)
@@ -132,6 +134,9 @@ def identity_set_files() -> list[str]:
 
 
 def identity_set_path(name: str) -> Path:
+    """Full path of a Load Identity Set choice (``input/...`` or a file in models/honestface); the name is checked
+    first, since a workflow file can hold any text."""
+    check_relative_name(name, "Load Identity Set: identity_set", "models/honestface or the input directory")
     if name.startswith(INPUT_PREFIX):
         input_dir = Path(folder_paths.get_input_directory()).resolve()
         path = (input_dir / name[len(INPUT_PREFIX):]).resolve()
@@ -161,7 +166,10 @@ class LoadIdentitySet:
 
     @classmethod
     def IS_CHANGED(cls, identity_set: str):
-        path = identity_set_path(identity_set)
+        try:
+            path = identity_set_path(identity_set)
+        except HonestFaceError:
+            return float("nan")  # let load() report the problem
         return path.stat().st_mtime if path.exists() else float("nan")
 
     def load(self, identity_set: str):

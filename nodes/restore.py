@@ -26,7 +26,7 @@ MODEL = "HONESTFACE_MODEL"
 OSDFACE = "osdface (OSDFace's blind weights in honestface/osdface/)"
 BASE_FOLDER = "stable-diffusion-2-1-base"
 BASE_CHECKPOINT = next(m.filename for m in MODEL_FILES if m.folder == "checkpoints")
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+PRECISIONS = ["auto", "fp16", "bf16", "fp32"]  # a list: ComfyUI checks list choices
 REFS_TOOLTIP = ("The person's references (HonestFace Load References / Load Identity Set). Leave unconnected to "
                 "restore blind.")
 CHUNK_TOOLTIP = ("Faces per UNet batch; 0 = all faces in one batch (fastest). Halved automatically when the GPU runs "

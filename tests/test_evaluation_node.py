@@ -144,3 +144,33 @@ def test_ui_workflow_matches_api_twin():
         assert dst_node["inputs"][dst_slot]["link"] == link_id
         assert api[str(dst)]["inputs"][name] == [str(src), src_slot]
     assert (WORKFLOWS / "evaluate_landmarks.jpg").is_file()
+
+
+def test_sizes_differ_detect_and_align(comfy, opencv, dlib, photos):
+    """'detect and align': the ground truth's face transform aligns the restored image too. A uniform rescale of
+    the same frame (a restorer's 2x output, or half size) is resized to the ground truth and reported; a different
+    aspect ratio would misalign every landmark and is refused, naming both sizes."""
+    node = comfy.node("HonestFaceLandmarkEvaluation")
+    kind = "detect and align (ground truth's face)"
+    gt = _t(photos["obama"])  # 800x800
+    half = _t(cv2.resize(photos["obama_q30"], (400, 400), interpolation=cv2.INTER_AREA))
+    report = json.loads(node.evaluate(half, gt, kind, "ins106 (2d106det)", landmark_model=dlib, opencv=opencv)["result"][6])
+    assert report["notes"] == ["restored 400x400 resized to the ground truth's 800x800"]
+    assert report["no_face_images"] == [] and report["per_image"]["L2-LD"][0] < 4.0
+    for restored in (torch.rand(1, 800, 600, 3), torch.rand(1, 512, 800, 3), torch.rand(1, 403, 400, 3)):
+        h, w = restored.shape[1:3]
+        with pytest.raises(HonestFaceError, match=f"restored images are {w}x{h} and ground-truth images 800x800: not "
+                                                  "the same frame"):
+            node.evaluate(restored, gt, kind, "ins106 (2d106det)", landmark_model=dlib, opencv=opencv)
+
+
+def test_sizes_differ_aligned_crops(comfy, dlib, photos):
+    """'aligned crops' of different sizes are each rescaled to 512 (landmarks in 512-crop pixels), and the report
+    says so: the same face at 256 and 512 lands on the same 512 coordinates."""
+    node = comfy.node("HonestFaceLandmarkEvaluation")
+    gt = cv2.resize(photos["obama"], (512, 512), interpolation=cv2.INTER_AREA)
+    restored = cv2.resize(photos["obama_q30"], (256, 256), interpolation=cv2.INTER_AREA)
+    out = node.evaluate(_t(restored), _t(gt), "aligned crops", "ins106 (2d106det)", landmark_model=dlib)
+    report = json.loads(out["result"][6])
+    assert report["notes"] == ["restored crops 256x256 rescaled to 512x512"]
+    assert report["per_image"]["L2-LD"][0] < 4.0  # a 256-pixel frame read as 512 pixels would be ~100 px off
