@@ -336,9 +336,10 @@ def run(args: argparse.Namespace) -> int:
         raise HonestFaceError("--faces", f"'{args.faces}' is not a list of positive face counts", "Use e.g. --faces 1,4")
     if args.refs < 1:
         raise HonestFaceError("--refs", f"{args.refs} is not a positive count", "Use e.g. --refs 4")
-    out_json = Path(args.json) if args.json else None
-    if out_json is not None and out_json.exists():
-        raise HonestFaceError(f"--json '{out_json}'", "already exists and is not overwritten", "Choose a new file name")
+    if args.json:  # before any work: not an existing file or a symlink, in a writable folder
+        from .outputs import check_new_file
+
+        check_new_file(args.json, "--json")
     if args.threads < 0:
         raise HonestFaceError("--threads", f"{args.threads} is negative", "Use 0 (torch's default) or a positive count")
     if args.threads:
@@ -368,10 +369,10 @@ def run(args: argparse.Namespace) -> int:
           f"{report['threads']} threads, CPU allocator: {report['cpu_allocator']}), median of {timer.repeats}, "
           f"{timer.warmup} warm-up call(s) per face count")
     print(format_table(report))
-    if out_json is not None:
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        with open(out_json, "x") as f:
-            json.dump(report, f, indent=2)
+    if args.json:
+        from .outputs import write_file
+
+        write_file(args.json, json.dumps(report, indent=2).encode("utf-8"), "--json")
     return 0
 
 

@@ -6,8 +6,12 @@ image as ``np.uint8`` ``(H, W, 3)`` RGB.
 
 from __future__ import annotations
 
+import math
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -17,13 +21,49 @@ from .errors import HonestFaceError
 MIN_SIDE = 16
 """Smallest accepted image side in pixels (our choice): below it no face can be detected or aligned."""
 
+MAX_MEGAPIXELS_ENV = "HONESTFACE_MAX_MEGAPIXELS"
+DEFAULT_MAX_MEGAPIXELS = 50.0
+"""Largest accepted image, in megapixels, unless ``$HONESTFACE_MAX_MEGAPIXELS`` says otherwise (our choice: a
+50 MP photo needs about 4 GB for restoring, see :data:`BYTES_PER_PIXEL`)."""
+
+BYTES_PER_PIXEL = 80
+"""Memory a restore call needs per input pixel, beyond the models (measured, docs/restore.md)."""
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def _check_size(h: int, w: int, what: str) -> None:
-    if min(h, w) < MIN_SIDE:
-        raise HonestFaceError(what, f"image is {w}x{h} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE}",
+def max_megapixels() -> float:
+    """The image size limit in megapixels: ``$HONESTFACE_MAX_MEGAPIXELS`` or :data:`DEFAULT_MAX_MEGAPIXELS`."""
+    text = os.environ.get(MAX_MEGAPIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_MEGAPIXELS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise HonestFaceError(f"environment variable {MAX_MEGAPIXELS_ENV}", f"'{text}' is not a positive number of "
+                              "megapixels", f"Set it to e.g. 100, or unset it for the default {DEFAULT_MAX_MEGAPIXELS:g}")
+    return value
+
+
+def _check_min_side(width: int, height: int, what: str) -> None:
+    if min(height, width) < MIN_SIDE:
+        raise HonestFaceError(what, f"image is {width}x{height} pixels, smaller than the minimum {MIN_SIDE}x{MIN_SIDE}",
                               "Use a larger image that shows the face with at least a few dozen pixels")
+
+
+def check_image_size(width: int, height: int, what: str) -> None:
+    """Refuse an image smaller than :data:`MIN_SIDE` on a side or larger than :func:`max_megapixels`."""
+    _check_min_side(width, height, what)
+    pixels, limit = width * height, max_megapixels()
+    if pixels > limit * 1e6:
+        raise HonestFaceError(
+            what, f"image is {width}x{height} = {pixels / 1e6:.1f} megapixels, more than the limit of {limit:g} "
+                  f"megapixels (restoring needs about {BYTES_PER_PIXEL} bytes of memory per pixel: "
+                  f"{pixels * BYTES_PER_PIXEL / 2**30:.1f} GiB here)",
+            f"Downscale the image, or, if this machine has the memory, raise the limit with the environment variable "
+            f"{MAX_MEGAPIXELS_ENV} (e.g. {MAX_MEGAPIXELS_ENV}={math.ceil(pixels / 1e6)})")
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
@@ -39,40 +79,70 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip((arr.astype(np.float64) / 257.0) + 0.5, 0, 255).astype(np.uint8)
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Load an image file as ``np.uint8`` ``(H, W, 3)`` RGB, validating it.
+@contextmanager
+def _open_image(path: Path, what: str) -> Iterator:
+    """A PIL image whose header passed :func:`check_image_size` (nothing decoded yet); errors name the file."""
+    from PIL import Image, UnidentifiedImageError
 
-    Handles grayscale (replicated to RGB), palette, 16-bit (scaled to 8 bit), CMYK, and images with transparency
-    (RGBA / LA / transparent palette): the alpha channel is composited onto white (our choice: what an image
-    viewer shows). EXIF orientation is applied.
-
-    Raises:
-        HonestFaceError: naming the file, if it is missing, truncated, corrupt, not an image, or smaller than
-            ``MIN_SIDE`` pixels on a side.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    what = f"image file '{path}'"
     if not path.is_file():
         raise HonestFaceError(what, "does not exist or is not a file", "Check the path")
     try:
         with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode == "P":
-                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-            if img.mode == "CMYK" or img.mode == "YCbCr" or img.mode == "1":
-                img = img.convert("RGB")
-            if img.mode == "PA":
-                img = img.convert("RGBA")
-            mode = img.mode
-            arr = np.asarray(img)
+            check_image_size(img.width, img.height, what)
+            yield img
+    except HonestFaceError:
+        raise
+    except Image.DecompressionBombError as e:  # above twice Pillow's MAX_IMAGE_PIXELS, refused at the header
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        declared = f"declares {int(found.group(1)) / 1e6:.1f} megapixels" if found else "declares too many pixels"
+        pillow = 2 * Image.MAX_IMAGE_PIXELS / 1e6
+        raise HonestFaceError(what, f"its header {declared}: more than HonestFace's limit of {max_megapixels():g} "
+                              f"megapixels or Pillow's decompression-bomb limit of {pillow:.0f}",
+                              f"Downscale the image to at most {min(max_megapixels(), pillow):g} megapixels") from e
     except UnidentifiedImageError as e:
         raise HonestFaceError(what, "is not an image file that can be read", "Use a PNG, JPEG, WebP, BMP or TIFF file") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise HonestFaceError(what, f"is truncated or corrupt ({e})", "Re-export or re-download the image") from e
 
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header, checked as :func:`load_image` checks it, without
+    decoding the pixels (a quick check of inputs before any model loads)."""
+    path = Path(path)
+    with _open_image(path, f"image file '{path}'") as img:
+        return img.width, img.height
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Load an image file as ``np.uint8`` ``(H, W, 3)`` RGB, validating it.
+
+    Handles grayscale (replicated to RGB), palette, 16-bit (scaled to 8 bit), 32-bit float, CMYK, and images with
+    transparency (RGBA / LA / transparent palette): the alpha channel is composited onto white (our choice: what an
+    image viewer shows). EXIF orientation is applied. The size is checked from the header, before decoding.
+
+    Raises:
+        HonestFaceError: naming the file, if it is missing, truncated, corrupt, not an image, smaller than
+            ``MIN_SIDE`` pixels on a side, larger than :func:`max_megapixels`, or has NaN / infinite pixel values.
+    """
+    from PIL import ImageOps
+
+    path = Path(path)
+    what = f"image file '{path}'"
+    with _open_image(path, what) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode == "CMYK" or img.mode == "YCbCr" or img.mode == "1":
+            img = img.convert("RGB")
+        if img.mode == "PA":
+            img = img.convert("RGBA")
+        mode = img.mode
+        arr = np.asarray(img)
+
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise HonestFaceError(what, f"has {int((~np.isfinite(arr)).sum())} NaN or infinite pixel value(s)",
+                              "Re-export it with finite values (e.g. as an 8- or 16-bit PNG)")
     alpha = None
     if mode in ("RGBA", "LA", "La", "RGBa"):
         arr, alpha = arr[..., :-1], arr[..., -1]
@@ -87,30 +157,23 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     if alpha is not None:
         a = _to_uint8(alpha).astype(np.float32)[..., None] / 255.0
         arr = (arr.astype(np.float32) * a + 255.0 * (1.0 - a) + 0.5).astype(np.uint8)
-    _check_size(arr.shape[0], arr.shape[1], what)
     return np.ascontiguousarray(arr)
 
 
-def as_rgb_batch(images: torch.Tensor, input_name: str) -> torch.Tensor:
-    """Validate a ComfyUI IMAGE and return it as float ``(B, H, W, 3)`` in [0, 1].
-
-    Accepts ``(H, W, C)`` or ``(B, H, W, C)`` with C = 1 (grey, replicated), 2 (grey + alpha, alpha dropped),
-    3, or 4 (RGBA, alpha dropped as ComfyUI's own nodes do; our choice). Integer tensors are scaled from 0..255.
-
-    Raises:
-        HonestFaceError: naming ``input_name`` for a wrong type/shape, an empty batch or a too small image.
-    """
+def _rgb_layout(images: torch.Tensor, input_name: str) -> torch.Tensor:
+    """Type, shape and channel handling of :func:`as_rgb_batch`, without its size and value checks."""
+    what = f"input '{input_name}'"
     if not isinstance(images, torch.Tensor):
-        raise HonestFaceError(f"input '{input_name}'", f"expected an IMAGE tensor, got {type(images).__name__}",
+        raise HonestFaceError(what, f"expected an IMAGE tensor, got {type(images).__name__}",
                               "Connect an IMAGE output (e.g. from Load Image)")
     if images.dim() == 3:
         images = images.unsqueeze(0)
     if images.dim() != 4 or images.shape[-1] not in (1, 2, 3, 4):
-        raise HonestFaceError(f"input '{input_name}'", f"expected shape (batch, height, width, channels), got {tuple(images.shape)}",
+        raise HonestFaceError(what, f"expected shape (batch, height, width, channels), got {tuple(images.shape)}",
                               "Connect an IMAGE output (e.g. from Load Image)")
     if images.shape[0] == 0:
-        raise HonestFaceError(f"input '{input_name}'", "the image batch is empty", "Connect at least one image")
-    _check_size(images.shape[1], images.shape[2], f"input '{input_name}'")
+        raise HonestFaceError(what, "the image batch is empty", "Connect at least one image")
+    _check_min_side(images.shape[2], images.shape[1], what)
     if not images.is_floating_point():
         images = images.float() / 255.0
     c = images.shape[-1]
@@ -121,10 +184,34 @@ def as_rgb_batch(images: torch.Tensor, input_name: str) -> torch.Tensor:
     return images.float().contiguous()
 
 
+def as_rgb_batch(images: torch.Tensor, input_name: str) -> torch.Tensor:
+    """Validate a ComfyUI IMAGE and return it as float ``(B, H, W, 3)`` in [0, 1].
+
+    Accepts ``(H, W, C)`` or ``(B, H, W, C)`` with C = 1 (grey, replicated), 2 (grey + alpha, alpha dropped),
+    3, or 4 (RGBA, alpha dropped as ComfyUI's own nodes do; our choice). Integer tensors are scaled from 0..255.
+    NaN or infinite values are refused, not clamped (our choice: they mean an upstream node failed, and would
+    silently turn into black pixels).
+
+    Raises:
+        HonestFaceError: naming ``input_name`` for a wrong type/shape, an empty batch, an image smaller than
+            ``MIN_SIDE`` or larger than :func:`max_megapixels`, or NaN / infinite values.
+    """
+    what = f"input '{input_name}'"
+    images = _rgb_layout(images, input_name)
+    check_image_size(images.shape[2], images.shape[1], what)
+    bad = ~torch.isfinite(images).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        which = bad.nonzero().flatten().tolist()
+        raise HonestFaceError(what, f"image(s) {', '.join(map(str, which[:8]))}{' ...' if len(which) > 8 else ''} of "
+                              f"the batch contain NaN or infinite values",
+                              "Fix the node that made them (e.g. a VAE decode that overflowed in fp16: decode in fp32)")
+    return images
+
+
 def tensor_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    """``(B, H, W, C)`` float [0, 1] tensor -> list of ``np.uint8`` ``(H, W, 3)`` RGB arrays (rounded)."""
-    images = as_rgb_batch(images, "images")
-    arr = (images.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+    """``(B, H, W, C)`` float [0, 1] tensor -> list of ``np.uint8`` ``(H, W, 3)`` RGB arrays (rounded; NaN -> 0)."""
+    images = _rgb_layout(images, "images")
+    arr = (images.detach().nan_to_num(0.0).clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
     return [np.ascontiguousarray(a) for a in arr]
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .alignment import AlignedFaces, align_faces, check_aligned_crops
-from .detection import FaceDetector, detect_faces
+from .detection import DetectedFace, FaceDetector, detect_faces, parse_selection, select_faces
 from .errors import HonestFaceError, MissingModelError
 from .images import as_rgb_batch
 from .pasteback import paste_back
@@ -44,18 +44,30 @@ REFERENCE_CACHE_SIZE = 4
 # Devices and precision
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
-    name = str(name).strip().lower()
-    if name == "auto":
+def resolve_device(name: str = "auto", what: str = "device") -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (where torch has
+    it). Anything else (``meta``, a GPU index that does not exist, a typo) is refused before any model loads."""
+    text = str(name).strip().lower()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HonestFaceError("device", f"'{name}' was asked for but torch sees no CUDA GPU",
-                              "Use --device cpu (or auto), or install a CUDA build of torch")
     try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise HonestFaceError("device", f"'{name}' is not a device name", "Use auto, cpu or cuda") from err
+        device = torch.device(text)
+    except (RuntimeError, ValueError) as err:
+        raise HonestFaceError(what, f"'{name}' is not a device name", "Use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HonestFaceError(what, f"'{name}' was asked for but torch sees no CUDA GPU",
+                                  "Use cpu (or auto), or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise HonestFaceError(what, f"'{name}' was asked for but torch sees {count} CUDA GPU(s) "
+                                  f"(cuda:0..cuda:{count - 1})", "Use one of those, or cuda / auto")
+        return device
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise HonestFaceError(what, f"'{name}' is not a device HonestFace can run on", "Use auto, cpu, cuda or cuda:N")
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -354,10 +366,30 @@ class RestoreResult:
     messages: list[str] = field(default_factory=list)
 
 
+def check_face_indices(faces: list[DetectedFace], selection: str, image_names: Sequence[str] | None = None) -> None:
+    """Refuse an index selection (``"0,2"``) asking for a face that an image with faces does not have (an image
+    without any face is passed through, as for every selection).
+
+    Args:
+        faces: every detected face of the batch (``image_index`` set).
+        image_names: how to name each batch image in the message (default: ``image N of the batch``).
+    """
+    wanted = parse_selection(selection)
+    if not isinstance(wanted, list):
+        return
+    counts = Counter(f.image_index for f in faces)
+    for i, n in sorted(counts.items()):
+        if max(wanted) >= n:
+            name = image_names[i] if image_names is not None else f"image {i} of the batch"
+            raise HonestFaceError(f"faces '{selection}'", f"face index {max(wanted)} requested but {name} has {n} "
+                                  f"face{'s' if n > 1 else ''} (indices 0..{n - 1})",
+                                  "Use indices that exist (0 = leftmost face), 'all' or 'largest'")
+
+
 def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: ReferenceSet | None = None,
                    selection: str = "all", crop_size: int = 512, parser=None, color_correction: str = "none",
                    chunk_size: int | None = None, progress: Progress | None = None,
-                   interrupt: Interrupt | None = None) -> RestoreResult:
+                   interrupt: Interrupt | None = None, image_names: Sequence[str] | None = None) -> RestoreResult:
     """Detect, align, restore and paste back every selected face of every image.
 
     Args:
@@ -365,11 +397,13 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
         images: ``(B, H, W, 3)`` float [0, 1].
         detector: any :class:`~honestface_core.detection.FaceDetector`.
         refs: the person's references, or None (blind).
-        selection: ``"all"``, ``"largest"`` or indices such as ``"0,2"`` (per image, left to right).
+        selection: ``"all"``, ``"largest"`` or indices such as ``"0,2"`` (per image, left to right); an index that
+            an image with faces does not have is an error (:func:`check_face_indices`).
         crop_size: aligned crop side (512 = the model's native size).
         parser: optional :class:`~honestface_core.parsing.FaceParser` for the paste-back mask (else feathered).
         color_correction: ``"none"``, ``"adain"`` or ``"wavelet"`` toward the original crops.
         chunk_size, progress, interrupt: as in :func:`restore_crops` (progress counts restored faces).
+        image_names: names of the batch images for messages (e.g. file names).
 
     Returns:
         :class:`RestoreResult`; images are returned on the input's device.
@@ -377,8 +411,11 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
     images = as_rgb_batch(images, "images")
     if refs is not None and len(refs) and model.config.variant != "osdface":
         check_references(model, refs)  # fail before the slow steps
+    parse_selection(selection)  # a bad selection fails before detection
     work = images.to(model.device)
-    faces = detect_faces(detector, work, selection, interrupt=interrupt)
+    found = detect_faces(detector, work, "all", interrupt=interrupt)
+    check_face_indices(found, selection, image_names)
+    faces = select_faces(found, selection)
     aligned = align_faces(work, faces, crop_size)
     messages = []
     missing = sorted(set(range(images.shape[0])) - set(aligned.image_index.tolist()))

@@ -1,7 +1,8 @@
 """``honestface restore``: detect, align, restore and paste back the faces of image files.
 
-Writes one new PNG per input into ``--out``; never overwrites an input or an existing file (a free name is
-chosen: ``<stem>_honestface.png``, ``<stem>_honestface_1.png``, ...).
+Writes one new PNG per input into ``--out``; never overwrites an input or an existing file and never writes
+through a symlink (a free name is chosen: ``<stem>_honestface.png``, ``<stem>_honestface_1.png``, ...). Options,
+input images (from their headers), references and the output folder are checked before any model loads.
 """
 
 from __future__ import annotations
@@ -88,43 +89,61 @@ def load_references(paths: list[str], detector, encoder, target_embedding=None, 
     return prepare_references(images, detector, encoder, target_embedding, top_k)
 
 
-def unique_output_path(out_dir: Path, source: Path, taken: set[Path]) -> Path:
-    """``out_dir/<stem>_honestface.png`` or the first free ``..._N.png`` (never an existing file or an input)."""
-    n = 0
-    while True:
-        name = f"{source.stem}{SUFFIX}{'' if n == 0 else f'_{n}'}.png"
-        path = (out_dir / name).resolve()
-        if not path.exists() and path not in taken:
-            return path
-        n += 1
+def check_arguments(args: argparse.Namespace):
+    """Every cheap check of the command line, before any model loads: options, input image headers (exist,
+    readable, within the size limits), reference paths, and the output folder (a writable folder, created here).
+
+    Returns:
+        ``(inputs, out_dir, device)``.
+    """
+    from .detection import parse_selection
+    from .images import read_image_size
+    from .outputs import prepare_output_dir
+    from .pipeline import resolve_device
+
+    if args.blind and args.refs:
+        raise HonestFaceError("--blind and --refs", "were both given", "Use --refs for reference-based restoration or --blind")
+    if not args.blind and not args.refs:
+        raise HonestFaceError("--refs", "is missing", "Give a folder or photos of the person with --refs, or pass --blind")
+    try:
+        parse_selection(args.faces)
+    except HonestFaceError as err:
+        raise HonestFaceError(f"--faces '{args.faces}'", "is not understood", err.fix) from err
+    if args.top_k < 0:
+        raise HonestFaceError("--top-k", f"{args.top_k} is negative", "Use 0 (all references) or a positive count")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise HonestFaceError("--chunk-size", f"{args.chunk_size} is not a positive number", "Use 1 or more, or leave it out")
+    device = resolve_device(args.device, "--device")
+    inputs = [Path(p) for p in args.images]
+    for p in inputs:
+        read_image_size(p)
+    for p in map(Path, args.refs or []):
+        if not p.exists():
+            raise HonestFaceError(f"--refs '{p}'", "does not exist",
+                                  "Give a folder of photos, photo files or an identity set .safetensors")
+        if p.is_file() and p.suffix.lower() != ".safetensors":
+            read_image_size(p)
+    return inputs, prepare_output_dir(args.out, "--out"), device
 
 
-def write_png_new(path: Path, rgb) -> None:
-    """Write a PNG to ``path``, failing instead of replacing a file that appeared in the meantime."""
+def encode_png(rgb) -> bytes:
+    """PNG bytes of a ``(H, W, 3)`` uint8 array."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
-    with open(path, "xb") as f:
-        f.write(buf.getvalue())
+    return buf.getvalue()
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from .images import load_image, tensor_to_uint8, uint8_to_tensor
-    from .pipeline import BackboneIdentityEncoder, load_restorer, resolve_device, restore_images
+    from .outputs import write_unique_file
+    from .pipeline import BackboneIdentityEncoder, load_restorer, restore_images
 
-    if args.blind and args.refs:
-        raise HonestFaceError("--blind and --refs", "were both given", "Use --refs for reference-based restoration or --blind")
-    if not args.blind and not args.refs:
-        raise HonestFaceError("--refs", "is missing", "Give a folder or photos of the person with --refs, or pass --blind")
-    inputs = [Path(p) for p in args.images]
-    for p in inputs:
-        if not p.is_file():
-            raise HonestFaceError(f"input image '{p}'", "does not exist or is not a file", "Check the path")
-    models_dir, out_dir = Path(args.models), Path(args.out)
-    device = resolve_device(args.device)
+    inputs, out_dir, device = check_arguments(args)
+    models_dir = Path(args.models)
     model = load_restorer(models_dir, device, args.dtype, bundle=args.model, base=args.base)
     detector = build_detector(models_dir, args.detector, device)
     refs = None
@@ -141,19 +160,15 @@ def run(args: argparse.Namespace) -> int:
         refs = load_references(args.refs, detector, BackboneIdentityEncoder(model), target, args.top_k)
         for line in refs.status:
             print(f"reference {line}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    taken = {p.resolve() for p in inputs}
     for src in inputs:
         image = uint8_to_tensor(load_image(src))
         with torch.inference_mode():
             result = restore_images(model, image, detector, refs, args.faces, color_correction=args.color,
-                                    chunk_size=args.chunk_size)
-        dest = unique_output_path(out_dir, src, taken)
-        write_png_new(dest, tensor_to_uint8(result.images)[0])
-        taken.add(dest)
+                                    chunk_size=args.chunk_size, image_names=[f"image '{src}'"])
+        dest = write_unique_file(out_dir, f"{src.stem}{SUFFIX}", ".png", encode_png(tensor_to_uint8(result.images)[0]))
         note = "; ".join(result.messages)
         print(f"{src} -> {dest} ({len(result.faces)} face(s) restored{', ' + note if note else ''})")
     return 0
 
 
-__all__ = ["add_parser", "build_detector", "load_references", "unique_output_path", "run"]
+__all__ = ["add_parser", "build_detector", "check_arguments", "load_references", "run"]

@@ -180,6 +180,7 @@ def test_cli_refuses_unpaired_folders(tmp_path, folders):
         evaluate_folders(tmp_path / "r", folders / "gt")
 
 
+@pytest.mark.opencv
 def test_cli_end_to_end_aligned_with_refs(tmp_path, crops):
     """``--aligned`` crops of another size are resized (noted), refs give Ref-Deg, the Markdown is written."""
     for sub in ("gt", "res", "refs"):
@@ -234,3 +235,46 @@ def test_quality_option(tmp_path, folders, capsys, monkeypatch):
     assert report["meta"]["quality_metrics"] == []
     assert any(s.startswith("M-IQA skipped: weight file MANIQA_PIPAL-ae6d356b.pth missing") for s in report["skipped"])
     assert not any(s.startswith(("MUSIQ", "C-IQA")) for s in report["skipped"])
+
+
+def test_cli_out_and_device_are_checked_before_any_work(tmp_path, folders, capsys):
+    """Bad --out / --device: exit 2 with one error line naming it, before any image is read (nothing printed),
+    nothing written or changed."""
+    from honestface_core.cli import main
+
+    (tmp_path / "old.json").write_bytes(b'{"keep": 1}')
+    (tmp_path / "a_file").write_bytes(b"x")
+    (tmp_path / "link.md").symlink_to(tmp_path / "elsewhere.md")
+    before = {p.name: (p.is_symlink(), p.lstat().st_mtime_ns) for p in tmp_path.iterdir()}
+    cases = ((["--out", str(tmp_path / "old.json")], ["--out", "old.json", "already exists", "--overwrite"]),
+             (["--out", str(tmp_path / "link.md"), "--overwrite"], ["--out", "link.md", "symbolic link"]),
+             (["--out", str(tmp_path / "a_file" / "r.csv")], ["--out", "is a file"]),
+             (["--out", str(tmp_path / "r.txt")], ["--out", "unknown extension"]),
+             (["--device", "meta"], ["--device", "'meta'"]))
+    for extra, names in cases:
+        code = main(["evaluate", "--restored", str(folders / "restored"), "--gt", str(folders / "gt"), *extra])
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and "Traceback" not in err
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error: ") and all(n in line for n in names), line
+    assert before == {p.name: (p.is_symlink(), p.lstat().st_mtime_ns) for p in tmp_path.iterdir()}
+    assert (tmp_path / "old.json").read_bytes() == b'{"keep": 1}'
+
+
+def test_cli_overwrite_replaces_an_existing_report(tmp_path, crops, capsys):
+    from honestface_core.cli import main
+
+    for sub in ("gt", "res"):
+        (tmp_path / sub).mkdir()
+    cv2.imwrite(str(tmp_path / "gt" / "p.png"), crops["obama"][..., ::-1])
+    cv2.imwrite(str(tmp_path / "res" / "p.png"), crops["obama_q30"][..., ::-1])
+    out = tmp_path / "report.json"
+    out.write_text("old")
+    out.chmod(0o640)
+    args = ["evaluate", "--restored", str(tmp_path / "res"), "--gt", str(tmp_path / "gt"), "--aligned",
+            "--identity", "none", "--quality", "none", "--models", str(tmp_path / "models"), "--out", str(out)]
+    assert main(args) == 2 and out.read_text() == "old"
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 0
+    assert json.loads(out.read_text())["rows"][0]["file"] == "p" and f"wrote {out}" in capsys.readouterr().out
+    assert out.stat().st_mode & 0o777 == 0o640 and sorted(p.name for p in tmp_path.iterdir()) == ["gt", "report.json", "res"]

@@ -65,3 +65,71 @@ def test_tensor_roundtrip_and_validation():
         as_rgb_batch(torch.rand(1, 1, 1, 3), "my_input")
     with pytest.raises(HonestFaceError, match="my_input"):
         as_rgb_batch(np.zeros((20, 20, 3)), "my_input")
+
+
+def _png_header_only(path, width: int, height: int):
+    """A PNG whose header declares ``width`` x ``height`` RGB pixels but that holds two rows (a decompression bomb's
+    header: decoding it would allocate the declared size)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress((b"\x00" + b"\x00" * 3 * width) * 2)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bombs_are_refused_from_the_header(tmp_path, monkeypatch):
+    from honestface_core.images import MAX_MEGAPIXELS_ENV, read_image_size
+
+    monkeypatch.delenv(MAX_MEGAPIXELS_ENV, raising=False)
+    _png_header_only(tmp_path / "bomb.png", 20000, 20000)  # above Pillow's own limit: PIL raises its own error
+    _png_header_only(tmp_path / "big.png", 8000, 8000)  # 64 MP: below Pillow's limit, above ours (50 MP)
+    for reader in (load_image, read_image_size):
+        with pytest.raises(HonestFaceError) as e:
+            reader(tmp_path / "bomb.png")
+        assert "bomb.png" in str(e.value) and "400.0 megapixels" in str(e.value) and "limit of 50 megapixels" in str(e.value)
+        with pytest.raises(HonestFaceError) as e:
+            reader(tmp_path / "big.png")
+        assert "big.png" in str(e.value) and "8000x8000 = 64.0 megapixels" in str(e.value)
+        assert f"{MAX_MEGAPIXELS_ENV}=64" in str(e.value) and "limit of 50 megapixels" in str(e.value)
+    monkeypatch.setenv(MAX_MEGAPIXELS_ENV, "64")  # the documented way to raise the limit
+    assert read_image_size(tmp_path / "big.png") == (8000, 8000)
+    for bad in ("0", "-5", "nan", "lots"):
+        monkeypatch.setenv(MAX_MEGAPIXELS_ENV, bad)
+        with pytest.raises(HonestFaceError, match=f"{MAX_MEGAPIXELS_ENV}: '{bad}' is not a positive number"):
+            read_image_size(tmp_path / "big.png")
+
+
+def test_pixel_limit_applies_to_image_tensors(monkeypatch):
+    from honestface_core.images import MAX_MEGAPIXELS_ENV
+
+    image = torch.rand(2, 400, 300, 3)  # 0.12 megapixels per image
+    monkeypatch.setenv(MAX_MEGAPIXELS_ENV, "0.1")
+    with pytest.raises(HonestFaceError, match=r"input 'photo': image is 300x400 = 0.1 megapixels, more than the limit "
+                                              r"of 0.1 megapixels"):
+        as_rgb_batch(image, "photo")
+    monkeypatch.setenv(MAX_MEGAPIXELS_ENV, "0.12")
+    assert as_rgb_batch(image, "photo").shape == (2, 400, 300, 3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_or_inf_images_are_refused(tmp_path, bad):
+    batch = torch.rand(3, 32, 32, 4)
+    batch[2, 5, 7, 1] = bad
+    with pytest.raises(HonestFaceError, match=r"input 'image': image\(s\) 2 of the batch contain NaN or infinite values"):
+        as_rgb_batch(batch, "image")
+    alpha_only = torch.rand(1, 32, 32, 4)
+    alpha_only[0, 0, 0, 3] = bad  # the alpha channel is dropped: nothing of it reaches the pipeline
+    assert torch.isfinite(as_rgb_batch(alpha_only, "image")).all()
+
+    gray = np.random.default_rng(0).random((40, 48), dtype=np.float32)  # a 32-bit float TIFF (PIL mode F)
+    Image.fromarray(gray).save(tmp_path / "ok.tif")
+    assert load_image(tmp_path / "ok.tif").shape == (40, 48, 3)
+    gray[3, 4] = bad
+    Image.fromarray(gray).save(tmp_path / "bad.tif")
+    with pytest.raises(HonestFaceError, match=r"image file '.*bad.tif': has 1 NaN or infinite pixel value"):
+        load_image(tmp_path / "bad.tif")

@@ -407,15 +407,32 @@ def report_to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, out: str | os.PathLike) -> Path:
-    """Write ``report`` as ``.json``, ``.csv`` or ``.md`` by the file's extension."""
-    out = Path(out)
-    writers = {".json": report_to_json, ".csv": report_to_csv, ".md": report_to_markdown}
-    if out.suffix.lower() not in writers:
+REPORT_WRITERS = {".json": report_to_json, ".csv": report_to_csv, ".md": report_to_markdown}
+
+
+def _report_writer(out: str | os.PathLike):
+    suffix = Path(out).suffix.lower()
+    if suffix not in REPORT_WRITERS:
         raise HonestFaceError(f"--out '{out}'", "has an unknown extension", "Use a .json, .csv or .md file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(writers[out.suffix.lower()](report), encoding="utf-8")
-    return out
+    return REPORT_WRITERS[suffix]
+
+
+def check_report_path(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check a report path before any work: a known extension, not an existing file (unless ``overwrite``), not a
+    symlink or folder, in a folder that is or can be created writable. Returns the absolute path."""
+    from ..outputs import check_new_file
+
+    _report_writer(out)
+    return check_new_file(out, "--out", overwrite, "--overwrite")
+
+
+def write_report(report: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``report`` as ``.json``, ``.csv`` or ``.md`` by the file's extension; an existing file is replaced
+    only with ``overwrite`` (atomically), a symlink never."""
+    from ..outputs import write_file
+
+    text = _report_writer(out)(report)
+    return write_file(out, text.encode("utf-8"), "--out", overwrite, "--overwrite")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -440,7 +457,12 @@ def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = "dlib
 
     from .no_reference import describe
 
+    from ..images import read_image_size
+
     pairs = pair_folders(restored_dir, gt_dir)
+    for _, restored_path, gt_path in pairs:  # headers only: a broken or huge file fails before any model loads
+        read_image_size(restored_path)
+        read_image_size(gt_path)
     refs_dir = Path(refs_dir) if refs_dir else None
     if refs_dir is not None and not refs_dir.is_dir():
         raise HonestFaceError(f"--refs '{refs_dir}'", "is not a folder", "Pass a folder of reference images (or per-image sub-folders)")
@@ -498,7 +520,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="no-reference metrics to compute when their files are present, comma-separated, each as a column "
                         "name or 'column (variant)', e.g. 'MUSIQ,C-IQA (clipiqa+)'; 'none' for none (M-IQA takes about "
                         "a minute per image on one CPU thread)")
-    p.add_argument("--out", help="report file: .json, .csv or .md (the Markdown summary is always printed)")
+    p.add_argument("--out", help="report file: .json, .csv or .md (the Markdown summary is always printed); an "
+                   "existing file is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out report")
     p.set_defaults(func=_cmd_evaluate)
     return p
 
@@ -519,11 +543,17 @@ def _quality_choices(text: str) -> list[str]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.out:  # before any model loads or image is read
+        check_report_path(args.out, args.overwrite)
+    if args.device != "auto":
+        from ..pipeline import resolve_device
+
+        resolve_device(args.device, "--device")
     report = evaluate_folders(args.restored, args.gt, args.refs, args.landmarks, args.models, args.aligned,
                               args.identity, args.insightface_pack, args.device, quality=_quality_choices(args.quality))
     if report is None:  # non-main accelerate process
         return 0
     print(report_to_markdown(report))
     if args.out:
-        print(f"wrote {write_report(report, args.out)}")
+        print(f"wrote {write_report(report, args.out, args.overwrite)}")
     return 0
