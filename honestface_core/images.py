@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import HonestFaceError
+from .tensor_checks import first_non_finite
 
 MIN_SIDE = 16
 """Smallest accepted image side in pixels (our choice): below it no face can be detected or aligned."""
@@ -199,12 +200,10 @@ def as_rgb_batch(images: torch.Tensor, input_name: str) -> torch.Tensor:
     what = f"input '{input_name}'"
     images = _rgb_layout(images, input_name)
     check_image_size(images.shape[2], images.shape[1], what)
-    bad = ~torch.isfinite(images).flatten(1).all(dim=1)
-    if bool(bad.any()):
-        which = bad.nonzero().flatten().tolist()
-        raise HonestFaceError(what, f"image(s) {', '.join(map(str, which[:8]))}{' ...' if len(which) > 8 else ''} of "
-                              f"the batch contain NaN or infinite values",
-                              "Fix the node that made them (e.g. a VAE decode that overflowed in fp16: decode in fp32)")
+    bad = first_non_finite({f"image {i}": image for i, image in enumerate(images)})
+    if bad is not None:
+        raise HonestFaceError(what, f"{bad} of the batch contains NaN or infinite values",
+                              "Fix the node that made it (e.g. a VAE decode that overflowed in fp16: decode in fp32)")
     return images
 
 

@@ -120,7 +120,7 @@ def test_pixel_limit_applies_to_image_tensors(monkeypatch):
 def test_nan_or_inf_images_are_refused(tmp_path, bad):
     batch = torch.rand(3, 32, 32, 4)
     batch[2, 5, 7, 1] = bad
-    with pytest.raises(HonestFaceError, match=r"input 'image': image\(s\) 2 of the batch contain NaN or infinite values"):
+    with pytest.raises(HonestFaceError, match=r"input 'image': image 2 of the batch contains NaN or infinite values"):
         as_rgb_batch(batch, "image")
     alpha_only = torch.rand(1, 32, 32, 4)
     alpha_only[0, 0, 0, 3] = bad  # the alpha channel is dropped: nothing of it reaches the pipeline
