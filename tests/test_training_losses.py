@@ -1,4 +1,5 @@
-"""Stage-2 losses and the latent discriminator: LPIPS from local files, fallbacks, masked L_MFA, L_ID, GAN terms."""
+"""Stage-2 losses and the latent discriminator: LPIPS and OSDFace's edge-aware DISTS from local files, fallbacks,
+masked L_MFA, L_ID, GAN terms."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from honestface_core.errors import MissingModelError  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from honestface_core.errors import HonestFaceError, MissingModelError  # noqa: E402
+from honestface_core.metrics.image_quality import DISTSMetric  # noqa: E402
 from honestface_core.model.iresnet import FaceBackbone, IResNet  # noqa: E402
 from training.discriminator import LatentDiscriminator  # noqa: E402
-from training.losses import (LPIPS, EdgeLoss, build_perceptual, discriminator_loss, generator_gan_loss,  # noqa: E402
-                             identity_loss, mfa_loss)
+from training.config import LossConfig  # noqa: E402
+from training.losses import (LPIPS, EdgeAwareDISTS, EdgeLoss, build_perceptual, discriminator_loss,  # noqa: E402
+                             generator_gan_loss, identity_loss, mfa_loss)
 from training.modeling import ellipse_mask, face_region_mask  # noqa: E402
 
 
@@ -35,16 +40,20 @@ def _write_lpips_files(folder: Path) -> tuple[Path, Path]:
     return folder / "vgg16-397923af.pth", folder / "vgg.pth"
 
 
-def test_lpips_loads_local_files_and_never_downloads(tmp_path):
+def test_lpips_loads_local_files_and_never_downloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no VGG16 in torch's hub cache
     vgg, lin = _write_lpips_files(tmp_path)
-    lp = build_perceptual("auto", str(vgg), str(lin))
+    lp = build_perceptual(LossConfig(perceptual_kind="auto", vgg16=str(vgg), lpips_lin=str(lin)))
     assert isinstance(lp, LPIPS)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert float(lp(x, x)) == pytest.approx(0.0, abs=1e-6)
     assert float(lp(x, x.flip(-1))) > 0
-    assert isinstance(build_perceptual("auto", "", ""), EdgeLoss)  # documented fallback
+    assert isinstance(build_perceptual(LossConfig(perceptual_kind="auto")), EdgeLoss)  # documented fallback
     with pytest.raises(MissingModelError, match="vgg16"):
-        build_perceptual("lpips", str(tmp_path / "vgg16-397923af.pth.missing"), str(lin))
+        build_perceptual(LossConfig(perceptual_kind="lpips", vgg16=str(tmp_path / "vgg16-397923af.pth.missing"),
+                                    lpips_lin=str(lin)))
+    with pytest.raises(HonestFaceError, match="perceptual_kind.*'dists'.*edge_dists"):
+        build_perceptual(LossConfig(perceptual_kind="dists"))
 
 
 def test_edge_loss_prefers_sharp_matches():
@@ -52,6 +61,73 @@ def test_edge_loss_prefers_sharp_matches():
     x[..., 8:24, 8:24] = 1
     blurred = torch.nn.functional.avg_pool2d(x, 5, 1, 2)
     assert float(EdgeLoss()(x, x)) < 1e-3 < float(EdgeLoss()(blurred, x))
+
+
+def _osdface_edges(x01: torch.Tensor) -> torch.Tensor:
+    """OSDFace's EdgeDetectionModel written out independently: channel-mean grey, its Sobel kernels (zero padding
+    1), sqrt(gx^2 + gy^2 + 1e-6)."""
+    grey = x01.mean(1, keepdim=True)
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]).view(1, 1, 3, 3)
+    ky = torch.tensor([[-1.0, -2.0, -1.0], [0.0, 0.0, 0.0], [1.0, 2.0, 1.0]]).view(1, 1, 3, 3)
+    gx, gy = F.conv2d(grey, kx, padding=1), F.conv2d(grey, ky, padding=1)
+    return torch.sqrt(gx ** 2 + gy ** 2 + 1e-6)
+
+
+@pytest.fixture()
+def face_pair(astronaut):
+    """A 64 px crop of the astronaut's face in [-1, 1], and the crop one row lower (a real, different image)."""
+    t = torch.from_numpy(astronaut).permute(2, 0, 1).float().div(127.5).sub(1)
+    return t[None, :, 90:154, 160:224].contiguous(), t[None, :, 91:155, 160:224].contiguous()
+
+
+def test_edge_aware_dists_on_known_pairs(dists_files, face_pair, monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    models, _, _ = dists_files
+    loss = build_perceptual(LossConfig(perceptual_kind="edge_dists"), models)  # the evaluation's lookup in models/
+    assert isinstance(loss, EdgeAwareDISTS)
+    assert isinstance(build_perceptual(LossConfig(perceptual_kind="auto"), models), EdgeAwareDISTS)
+    x, y = face_pair
+    # identical images: both terms are 0
+    image, edge = loss.terms(x, x)
+    assert float(image) == pytest.approx(0.0, abs=1e-6) and float(edge) == pytest.approx(0.0, abs=1e-6)
+    # the value is DISTS(x, y) + DISTS(edge(x), edge(y)) of the evaluation's metric, on [0, 1] images
+    metric = DISTSMetric.load(models)
+    a, b = (torch.cat([x, y]) + 1) / 2, (torch.cat([y, x]) + 1) / 2
+    ea, eb = _osdface_edges(a), _osdface_edges(b)
+    direct = metric(a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)).mean() + \
+        metric(ea.expand(-1, 3, -1, -1).permute(0, 2, 3, 1), eb.expand(-1, 3, -1, -1).permute(0, 2, 3, 1)).mean()
+    value = loss(torch.cat([x, y]), torch.cat([y, x]))
+    assert float(value) > 0.01
+    assert float(value) == pytest.approx(float(direct), rel=1e-5)
+    # pyiqa feeds OSDFace's one-channel edge map by broadcasting: the same number as the three-channel copy
+    _, edge = loss.terms(torch.cat([x, y]), torch.cat([y, x]))
+    assert float(metric.distance(ea, eb).mean()) == pytest.approx(float(edge), rel=1e-5)
+    # a blurred copy changes edges everywhere, a brightness shift only at the zero-padded border: the blur raises
+    # the edge term far more, although the shift moves every pixel by more than the blur does on average
+    blurred = F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), 5, 1)
+    brighter = (x + 0.2).clamp(-1, 1)
+    assert (brighter - x).abs().mean() > (blurred - x).abs().mean()
+    edge_blur, edge_shift = float(loss.terms(blurred, x)[1]), float(loss.terms(brighter, x)[1])
+    print({"edge_blur": edge_blur, "edge_shift": edge_shift})
+    assert edge_blur > 2 * edge_shift > 0
+    # differentiable with respect to the restored image (the DISTS weights stay frozen)
+    fake = x.clone().requires_grad_(True)
+    loss(fake, blurred).backward()
+    assert fake.grad.abs().sum() > 0 and not any(p.requires_grad for p in loss.parameters())
+
+
+def test_edge_aware_dists_missing_files_name_the_file(dists_files, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    models, _, _ = dists_files
+    with pytest.raises(MissingModelError, match=r"vgg16-397923af\.pth.*not found in '.*models/torchvision'"):
+        build_perceptual(LossConfig(perceptual_kind="edge_dists"), tmp_path / "models")
+    shutil.copytree(models / "torchvision", tmp_path / "models" / "torchvision")
+    with pytest.raises(MissingModelError, match=r"weights\.pt.*not found in '.*models/dists'.*DISTS_pytorch"):
+        build_perceptual(LossConfig(perceptual_kind="edge_dists"), tmp_path / "models")
+    with pytest.raises(MissingModelError, match=r"mine\.pt"):
+        build_perceptual(LossConfig(perceptual_kind="edge_dists", dists_weights=str(tmp_path / "mine.pt")), models)
 
 
 def _backbone() -> FaceBackbone:

@@ -4,13 +4,17 @@ A checkpoint is a folder ``<output>/checkpoints/step_00001234/`` written as ``.t
 renamed when complete, so a crash never leaves a half-written checkpoint that looks valid. Contents:
 
 - ``<name>.safetensors`` for every module's trainable (or listed) tensors (generator, discriminator, EMA);
-- ``<name>.pt`` optimizer / scheduler / RNG states (tensors and plain containers only: read back with
+- ``<name>.pt`` optimizer / scheduler states (tensors and plain containers only: read back with
   ``torch.load(weights_only=True)``);
-- ``state.json``: step, micro-batch position, config, Python/NumPy RNG states.
+- ``rng.pt``: the torch, CUDA, Python and NumPy RNG states of every training process (``{"ranks": [...]}``);
+- ``state.json``: step, micro-batch position, config, number of processes, digests of each process's weights.
+
+Only process 0 writes; the other processes send it their RNG states (see ``training/engine.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -34,40 +38,49 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict[str, Any]:
-    """Torch (CPU + every CUDA device) RNG states as tensors."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    """This process's torch (CPU + every CUDA device), Python and NumPy RNG states, as tensors and plain lists."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
+                             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _py_np_rng() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-
-
-def _set_py_np_rng(state: dict[str, Any]) -> None:
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
 
 
+def tensors_digest(*flats: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the names, dtypes, shapes and bytes of flat tensor dicts (in name order): equal digests mean
+    bit-identical tensors, so processes can compare their weights without sending them."""
+    h = hashlib.sha256()
+    for flat in flats:
+        for name in sorted(flat):
+            t = flat[name].detach().contiguous().cpu()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(output_dir: str | Path, step: int, tensors: dict[str, dict[str, torch.Tensor]],
-                    objects: dict[str, Any], state: dict[str, Any], keep: int = 0) -> Path:
+                    objects: dict[str, Any], state: dict[str, Any], keep: int = 0,
+                    rng_states: list[dict[str, Any]] | None = None) -> Path:
     """Write ``output_dir/checkpoints/step_<step>`` atomically and keep only the ``keep`` newest (0 = all).
 
     Args:
         tensors: name -> flat tensor dict, each saved as ``name.safetensors``.
-        objects: name -> state dict of an optimizer/scheduler/RNG, each saved as ``name.pt``.
+        objects: name -> state dict of an optimizer/scheduler, each saved as ``name.pt``.
         state: JSON-able trainer state (step, position, config...).
+        rng_states: :func:`rng_state` of every process, in process order (default: this process's only).
     """
     root = Path(output_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -80,8 +93,8 @@ def save_checkpoint(output_dir: str | Path, step: int, tensors: dict[str, dict[s
         save_file({k: v.detach().contiguous().cpu() for k, v in flat.items()}, str(tmp / f"{name}.safetensors"))
     for name, obj in objects.items():
         torch.save(obj, tmp / f"{name}.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "rng": _py_np_rng()}, indent=1))
+    torch.save({"ranks": rng_states or [rng_state()]}, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -127,10 +140,14 @@ def load_object(ckpt: Path, name: str) -> Any | None:
     return torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else None
 
 
-def restore_rng(ckpt: Path, state: dict[str, Any]) -> None:
-    """Restore torch, CUDA, Python and NumPy global RNG states saved by :func:`save_checkpoint`."""
-    set_rng_state(load_object(ckpt, "rng"))
-    _set_py_np_rng(state["rng"])
+def restore_rng(ckpt: Path, rank: int = 0) -> bool:
+    """Restore process ``rank``'s RNG states saved by :func:`save_checkpoint`; False if the checkpoint has none
+    for that process (it was written by fewer processes)."""
+    ranks = load_object(ckpt, "rng")["ranks"]
+    if rank >= len(ranks):
+        return False
+    set_rng_state(ranks[rank])
+    return True
 
 
 def load_trainable(module: torch.nn.Module, flat: dict[str, torch.Tensor]) -> None:

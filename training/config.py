@@ -64,9 +64,12 @@ class ModelConfig:
 class LossConfig:
     mse: float = 1.0
     perceptual: float = 1.0
-    perceptual_kind: str = "auto"  # lpips | edge | auto (lpips if its weights exist, else edge)
-    lpips_vgg: str = ""  # torchvision vgg16 state dict (vgg16-397923af.pth)
-    lpips_lin: str = ""  # LPIPS v0.1 linear layers (lpips/weights/v0.1/vgg.pth)
+    # edge_dists (OSDFace's edge-aware DISTS) | lpips | edge (Sobel L1 fallback) | auto (the first whose files exist,
+    # in that order); see training.losses.build_perceptual and docs/training.md
+    perceptual_kind: str = "auto"
+    vgg16: str = ""  # torchvision's vgg16-397923af.pth for DISTS/LPIPS ("" = <data.models_dir>/torchvision, torch hub cache)
+    dists_weights: str = ""  # DISTS's weights.pt ("" = <data.models_dir>/dists, an installed DISTS_pytorch)
+    lpips_lin: str = ""  # LPIPS v0.1 linear layers ("" = weights/v0.1/vgg.pth of an installed lpips)
     identity: float = 0.5
     mfa: float = 0.5
     gan: float = 0.05

@@ -1,5 +1,10 @@
-"""Synthetic degradation x_H -> x_L: blur, downsample, noise, JPEG, resize back (our choice of the classic
-blind-face-restoration pipeline, as used by GFPGAN/CodeFormer/OSDFace training).
+"""Synthetic degradation x_H -> x_L: blur, downsample, noise, JPEG, resize back.
+
+Source: GFPGAN's ``FFHQDegradationDataset`` with its ``options/train_gfpgan_v1.yml`` (github.com/TencentARC/GFPGAN
+@ 7552a77): the same order and the default ranges below (41 px kernels, half isotropic / half anisotropic, sigma
+0.1-10, downsampling 0.8-8x, noise std 0-20 on 0..255, JPEG 60-100). Our choices where we differ: the kernel is cut
+to about 3 sigma (GFPGAN: always 41x41), shrinking uses area interpolation (GFPGAN: bilinear), and there is no
+colour jitter, grey conversion or flip. OSDFace's training code is not released, so its degradation is unknown.
 
 Every random draw comes from a per-sample ``numpy.random.Generator`` so a (seed, sample position) pair always
 gives the same degraded image, in any process and after a resume.
@@ -15,10 +20,10 @@ import numpy as np
 
 @dataclass
 class DegradationConfig:
-    """Ranges of the degradation parameters (all drawn uniformly; defaults as in the brief / OSDFace)."""
+    """Ranges of the degradation parameters (all drawn uniformly; defaults: GFPGAN's training options)."""
 
     blur_sigma: tuple[float, float] = (0.1, 10.0)
-    anisotropic_prob: float = 0.5  # our choice: half the kernels are rotated anisotropic Gaussians
+    anisotropic_prob: float = 0.5  # half the kernels are rotated anisotropic Gaussians (GFPGAN's kernel_prob)
     kernel_size: int = 41  # upper bound; the kernel is cropped to about 3 sigma
     scale: tuple[float, float] = (0.8, 8.0)
     noise: tuple[float, float] = (0.0, 20.0)  # std on the 0..255 scale

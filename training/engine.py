@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -88,13 +88,16 @@ class Trainer:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             (self.output / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
-        # data first: a dataset with nothing usable fails before any model is built
+        # loss files, then data: a missing file or a dataset with nothing usable fails before any model is built
+        self.perceptual = (build_perceptual(cfg.losses, cfg.data.models_dir or default_models_dir())
+                           if cfg.losses.perceptual > 0 else nn.Identity())
         kwargs = {"aligner_factory": aligner_factory} if aligner_factory else {}
-        self.dataset = FaceRestorationDataset(cfg.data, cfg.degradation, cfg.seed, cfg.data.cache_dir or self.output / "cache",
-                                              log=self.print, **kwargs)
-
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, self.output, self.dataset)
+        # process 0 first: it aligns the crop cache and writes the tiny base; the others then read both
+        with self._main_process_first():
+            self.dataset = FaceRestorationDataset(cfg.data, cfg.degradation, cfg.seed,
+                                                  cfg.data.cache_dir or self.output / "cache", log=self.print, **kwargs)
+            torch.manual_seed(cfg.seed)
+            self.model = build_model(cfg, self.output, self.dataset)
         if tc.gradient_checkpointing:
             self.model.generator.unet.enable_gradient_checkpointing()
             self.model.generator.vae.enable_gradient_checkpointing()
@@ -102,8 +105,6 @@ class Trainer:
         alphas = self._alphas_cumprod()
         self.disc = LatentDiscriminator(self.model.generator.vae.config.latent_channels, self.model.config.prompt_dim,
                                         alphas, cfg.discriminator.channels, cfg.discriminator.depth, cfg.discriminator.noise_t)
-        self.perceptual = (build_perceptual(cfg.losses.perceptual_kind, cfg.losses.lpips_vgg, cfg.losses.lpips_lin)
-                           if cfg.losses.perceptual > 0 else nn.Identity())
         self.backbone = self.model.backbone
         self.parser = load_face_parser(cfg.losses.parser, cfg.data.models_dir or default_models_dir()) if cfg.losses.parser else None
 
@@ -113,22 +114,38 @@ class Trainer:
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=cfg.discriminator.lr, betas=(0.0, 0.99), weight_decay=0.0)
         warm = max(0, o.warmup_steps)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
 
+        if self.acc.process_index > 0:  # our choice: every process draws its own discriminator noise
+            torch.manual_seed(cfg.seed + self.acc.process_index)
         self.step = 0
-        if resume is not None:
-            self._load(resume)
+        ema_state = self._load(resume) if resume is not None else None
+        # DDP broadcasts process 0's weights here; the EMA starts from these synchronised weights
         self.forward, self.disc, self.opt_g, self.opt_d = self.acc.prepare(self.forward, self.disc, self.opt_g, self.opt_d)
+        self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
+        if self.ema is not None and ema_state is not None:
+            self.ema.shadow = {k: v.float().to(self.acc.device) for k, v in ema_state.items()}
         self.perceptual.to(self.acc.device)
         if self.parser is not None:
             self.parser.to(self.acc.device)
-        if self.ema is not None:
-            self.ema.shadow = {k: v.to(self.acc.device) for k, v in self.ema.shadow.items()}
         self.print(f"trainable parameters: {self.n_trainable / 1e6:.2f} M (generator), "
                    f"{sum(p.numel() for p in self.disc.parameters()) / 1e6:.2f} M (discriminator); "
                    f"{len(self.dataset)} samples; device {self.acc.device}, {self.acc.num_processes} process(es)")
 
     # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def _main_process_first(self) -> Iterator[None]:
+        """Process 0 runs the block, then the others. If process 0 stops (bad input), the others stop with a
+        pointer to its message instead of a distributed-backend traceback."""
+        if not self.main:
+            try:
+                self.acc.wait_for_everyone()
+            except RuntimeError as err:  # torch.distributed's errors when process 0 is gone
+                raise HonestFaceError(f"training process {self.acc.process_index}", "process 0 stopped during setup",
+                                      "See process 0's error above") from err
+        yield
+        if self.main:
+            self.acc.wait_for_everyone()
+
     def print(self, msg: str) -> None:
         if self.acc is None or self.acc.is_main_process:
             tqdm.write(msg)
@@ -159,6 +176,15 @@ class Trainer:
         groups = [{"params": rest, "lr": lr}, {"params": lora, "lr": self.cfg.optim.lora_lr or lr}]
         return [g for g in groups if g["params"]]
 
+    def _global_logs(self, logs: dict[str, float], positions: torch.Tensor) -> dict:
+        """The step's terms averaged over all processes, plus the sample positions each process trained on
+        (``positions``: one list per process)."""
+        keys = sorted(logs)
+        values = self.acc.reduce(torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.acc.device), "mean")
+        out = dict(zip(keys, values.tolist()))
+        out["positions"] = self.acc.gather(positions.to(self.acc.device)).view(self.acc.num_processes, -1).tolist()
+        return out
+
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.acc.device, non_blocking=True) for k, v in batch.items()}
 
@@ -182,10 +208,11 @@ class Trainer:
         if lc.mfa > 0:
             terms["mfa"] = mfa_loss(self.backbone, restored, hq, self._mask(hq))
         if use_gan and lc.gan > 0:
-            self.disc.requires_grad_(False)
-            z_t, t = self.acc.unwrap_model(self.disc).noise(z_hat.float())
-            terms["gan"] = generator_gan_loss(self.disc(z_t, prompt.float(), t), lc.gan_type)
-            self.disc.requires_grad_(True)
+            # the plain module, not the DDP wrapper: D is frozen here and its gradients must not be synchronised
+            disc = self.acc.unwrap_model(self.disc).requires_grad_(False)
+            z_t, t = disc.noise(z_hat.float())
+            terms["gan"] = generator_gan_loss(disc(z_t, prompt.float(), t), lc.gan_type)
+            disc.requires_grad_(True)
         weights = {"mse": lc.mse, "per": lc.perceptual, "id": lc.identity, "mfa": lc.mfa, "gan": lc.gan}
         total = sum(weights[k] * v for k, v in terms.items())
         return total, {k: float(v.detach()) for k, v in terms.items()}, (z_hat.detach().float(), z_h.detach().float(), prompt.detach().float())
@@ -204,10 +231,11 @@ class Trainer:
         tc, acc = self.cfg.train, self.acc
         use_gan = self.step >= tc.d_start_step and self.cfg.losses.gan > 0
         logs: dict[str, float] = {}
-        saved = []
+        saved, positions = [], []
         self.forward.train()
         for micro in range(tc.grad_accum):
             batch = self._to_device(next(loader))
+            positions.append(batch["position"])
             sync = nullcontext() if micro == tc.grad_accum - 1 else acc.no_sync(self.forward)
             with sync, acc.autocast():
                 loss, terms, tensors = self.generator_losses(batch, use_gan)
@@ -235,6 +263,7 @@ class Trainer:
             self.opt_d.step()
             self.opt_d.zero_grad(set_to_none=True)
         self.step += 1
+        logs = self._global_logs(logs, torch.cat(positions))
         lrs = self.sched_g.get_last_lr()
         logs["lr"] = lrs[0]
         if len(lrs) > 1:
@@ -308,33 +337,61 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Path | None:
-        self.acc.wait_for_everyone()
-        if not self.main:
-            return None
+        """Process 0 writes one checkpoint; every process sends it its RNG states and a digest of its weights
+        (identical digests: the processes hold the same weights, recorded in ``state.json``)."""
+        from accelerate.utils import gather_object
+
         model = self.acc.unwrap_model(self.forward).model
         tensors = {"generator": ckpt.trainable_state(model), "vre": model.vre.state_dict(),
                    "discriminator": self.acc.unwrap_model(self.disc).state_dict()}
+        reports = gather_object([{"rng": ckpt.rng_state(),
+                                  "digest": ckpt.tensors_digest(tensors["generator"], tensors["discriminator"])}])
+        if not self.main:
+            return None
+        digests = [r["digest"] for r in reports]
+        if len(set(digests)) > 1:
+            self.print(f"WARNING: the {len(digests)} processes hold different weights at step {self.step} "
+                       f"(digests {digests}); the checkpoint has process 0's")
         if self.ema is not None:
             tensors["ema"] = self.ema.shadow
         objects = {"optimizer_g": self.opt_g.state_dict(), "optimizer_d": self.opt_d.state_dict(),
                    "scheduler_g": self.sched_g.state_dict()}
         state = {"micro_batch": self.step * self.cfg.train.grad_accum, "config": config_to_dict(self.cfg),
-                 "model_config": model.config.to_dict()}
-        path = ckpt.save_checkpoint(self.output, self.step, tensors, objects, state, keep=self.cfg.train.keep_checkpoints)
+                 "model_config": model.config.to_dict(), "num_processes": self.acc.num_processes,
+                 "weights_sha256": digests}
+        path = ckpt.save_checkpoint(self.output, self.step, tensors, objects, state, keep=self.cfg.train.keep_checkpoints,
+                                    rng_states=[r["rng"] for r in reports])
         self.print(f"saved checkpoint {path}")
         return path
 
-    def _load(self, resume: str | Path) -> None:
+    def _load(self, resume: str | Path) -> dict[str, torch.Tensor] | None:
+        """Load a checkpoint into the unwrapped modules and optimisers; returns its EMA tensors (or None)."""
         path, state = ckpt.load_checkpoint(resume)
         ckpt.load_trainable(self.model, ckpt.load_tensors(path, "generator"))
         self.model.vre.load_state_dict(ckpt.load_tensors(path, "vre"))
         self.disc.load_state_dict(ckpt.load_tensors(path, "discriminator"))
-        ema = ckpt.load_tensors(path, "ema")
-        if self.ema is not None and ema is not None:
-            self.ema.shadow = {k: v.float() for k, v in ema.items()}
         self.opt_g.load_state_dict(ckpt.load_object(path, "optimizer_g"))
         self.opt_d.load_state_dict(ckpt.load_object(path, "optimizer_d"))
         self.sched_g.load_state_dict(ckpt.load_object(path, "scheduler_g"))
-        ckpt.restore_rng(path, state)
+        ckpt.restore_rng(path, self.acc.process_index)
         self.step = int(state["step"])
+        if state["num_processes"] != self.acc.num_processes:
+            self.print(f"note: the checkpoint was written by {state['num_processes']} process(es), this run has "
+                       f"{self.acc.num_processes}: training continues, but not with the exact data order and noise")
+        if self.main:
+            self._trim_log()
         self.print(f"resumed from {path} at step {self.step}")
+        return ckpt.load_tensors(path, "ema")
+
+    def _trim_log(self) -> None:
+        """Drop log lines past the resumed step (a killed run logged steps its last checkpoint does not hold)."""
+        if not self.log_file.is_file():
+            return
+        kept = []
+        for line in self.log_file.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError):  # a line cut short by the kill
+                continue
+        self.log_file.write_text("".join(kept))

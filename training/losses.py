@@ -5,6 +5,7 @@ All images are (B, 3, H, W) in [-1, 1]. Weights live in :class:`training.config.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -12,11 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from honestface_core.errors import MissingModelError
-from honestface_core.metrics.vgg16 import VGG16_TAP_CHANNELS, load_vgg16_features, vgg16_features, vgg16_taps
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.metrics.image_quality import (DISTS_FILE, DISTSMetric, dists_weight_candidates, find_weight_file,
+                                                   torch_checkpoints_dir)
+from honestface_core.metrics.vgg16 import VGG16_FILE, VGG16_TAP_CHANNELS, load_vgg16_features, vgg16_features, vgg16_taps
 from honestface_core.weight_files import load_weights, read_state_dict
+from training.config import LossConfig
 
 log = logging.getLogger(__name__)
+
+#: values of ``losses.perceptual_kind`` (see :func:`build_perceptual`)
+PERCEPTUAL_KINDS = ("edge_dists", "lpips", "edge", "auto")
+
 
 class LPIPS(nn.Module):
     """LPIPS (VGG, v0.1) built from two local files, never downloaded.
@@ -47,39 +55,118 @@ class LPIPS(nn.Module):
         return sum(lin((a - b).pow(2)).mean() for lin, a, b in zip(self.lins, self._taps(x), self._taps(y)))
 
 
-def sobel_edges(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel Sobel gradient magnitude."""
+def sobel_edges(x: torch.Tensor, padding: str = "replicate") -> torch.Tensor:
+    """Per-channel Sobel gradient magnitude ``sqrt(gx^2 + gy^2 + 1e-6)``; ``padding``: ``replicate`` or ``zeros``."""
     k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=x.device, dtype=x.dtype)
     c = x.shape[1]
     kx = k.view(1, 1, 3, 3).repeat(c, 1, 1, 1)
-    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate") if padding == "replicate" else F.pad(x, (1, 1, 1, 1))
     gx, gy = F.conv2d(xp, kx, groups=c), F.conv2d(xp, kx.transpose(2, 3), groups=c)
     return (gx.pow(2) + gy.pow(2) + 1e-6).sqrt()
 
 
 class EdgeLoss(nn.Module):
-    """Fallback perceptual term when no LPIPS weights are present (our choice): L1 between Sobel gradient
-    magnitudes at full and half resolution. It rewards sharp, correctly placed edges but is not LPIPS."""
+    """Fallback perceptual term when no LPIPS/DISTS weights are present (our choice): L1 between Sobel gradient
+    magnitudes at full and half resolution. It rewards sharp, correctly placed edges but is not a learned metric."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = (sobel_edges(x) - sobel_edges(y)).abs().mean()
         return loss + (sobel_edges(F.avg_pool2d(x, 2)) - sobel_edges(F.avg_pool2d(y, 2))).abs().mean()
 
 
-def build_perceptual(kind: str, vgg_path: str = "", lin_path: str = "") -> nn.Module:
-    """``lpips`` (files required), ``edge``, or ``auto`` (LPIPS when both files exist, else the edge fallback)."""
-    have = bool(vgg_path and lin_path and Path(vgg_path).is_file() and Path(lin_path).is_file())
-    if kind == "lpips" or (kind == "auto" and have):
-        for path, name in ((vgg_path, "vgg16-397923af.pth"), (lin_path, "vgg.pth")):
-            if not path or not Path(path).is_file():
-                raise MissingModelError(Path(path).name if path else name, Path(path).parent if path else "losses.lpips_*",
-                                        "torchvision VGG16 weights and the LPIPS v0.1 'vgg.pth' from the lpips package")
-        return LPIPS(vgg_path, lin_path)
-    if kind in ("auto", "edge"):
-        if kind == "auto":
-            log.warning("LPIPS weights not configured/found: perceptual term falls back to the Sobel edge loss")
+def grey_edge_map(x: torch.Tensor) -> torch.Tensor:
+    """OSDFace's edge map of a (B, 3, H, W) [0, 1] batch: the channel mean (grey), then the Sobel magnitude with
+    zero padding, unnormalised; (B, 1, H, W)."""
+    return sobel_edges(x.mean(1, keepdim=True), padding="zeros")
+
+
+class EdgeAwareDISTS(nn.Module):
+    """OSDFace's perceptual loss: ``mean DISTS(x, y) + mean DISTS(edge(x), edge(y))`` with :func:`grey_edge_map`.
+
+    Read from OSDFace's ``edge_aware_dists_demo.py`` (github.com/jkwang28/OSDFace, commit 292d98c): pyiqa's DISTS
+    ``as_loss`` on [0, 1] images, plus the same DISTS on the Sobel magnitude of the channel-mean grey image
+    (3x3 kernels, zero padding, ``sqrt(gx^2 + gy^2 + 1e-6)``, no normalisation), weights 1 and 1. pyiqa feeds the
+    one-channel map to DISTS by broadcasting, which equals repeating it over three channels, as done here.
+    (OSDFace's ``utils/others.py`` greys with torchvision's luma instead; we follow the loss's own demo.)
+    Inputs are [-1, 1] like every training loss; DISTS is the evaluation's :class:`DISTSMetric` (frozen).
+    """
+
+    def __init__(self, dists: DISTSMetric):
+        super().__init__()
+        self.dists = dists.requires_grad_(False).eval()
+
+    def terms(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image term, edge term), each the batch mean of DISTS."""
+        a, b = (x + 1) / 2, (y + 1) / 2
+        ea, eb = grey_edge_map(a), grey_edge_map(b)
+        return self.dists.distance(a, b).mean(), self.dists.distance(ea.expand(-1, 3, -1, -1), eb.expand(-1, 3, -1, -1)).mean()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        image, edge = self.terms(x, y)
+        return image + edge
+
+
+def _locate(losses: LossConfig, key: str, found: Path | None, filename: str, folder: str | Path,
+            what: str) -> tuple[Path | None, MissingModelError]:
+    """The file set in ``losses.<key>``, else ``found`` (a lookup's result); plus the error to raise if missing."""
+    if getattr(losses, key):
+        path = Path(getattr(losses, key))
+        return (path if path.is_file() else None), MissingModelError(path.name, path.parent, what)
+    return found, MissingModelError(filename, folder, what)
+
+
+def _first_file(candidates: list[Path]) -> Path | None:
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _lpips_lin_candidates() -> list[Path]:
+    """LPIPS's ``weights/v0.1/vgg.pth`` inside an installed ``lpips`` package (found without importing it)."""
+    spec = importlib.util.find_spec("lpips")
+    return [Path(p) / "weights" / "v0.1" / "vgg.pth" for p in (spec.submodule_search_locations or [])] if spec else []
+
+
+def build_perceptual(losses: LossConfig, models_dir: str | Path | None = None) -> nn.Module:
+    """The L_per term named by ``losses.perceptual_kind``, from local files only (never downloaded).
+
+    - ``edge_dists``: :class:`EdgeAwareDISTS`. torchvision's VGG16 file (``losses.vgg16``, else
+      ``models_dir/torchvision/`` or torch's hub cache) and DISTS's ``weights.pt`` (``losses.dists_weights``, else
+      ``models_dir/dists/`` or an installed ``DISTS_pytorch``): the evaluation's lookup.
+    - ``lpips``: :class:`LPIPS` with the same VGG16 file and ``losses.lpips_lin`` (else the ``lpips`` package's).
+    - ``edge``: :class:`EdgeLoss`.
+    - ``auto`` (our choice): ``edge_dists`` if its files are found, else ``lpips``, else ``edge`` with a warning.
+
+    Raises:
+        MissingModelError: a file the chosen kind needs is missing.
+        HonestFaceError: unknown kind, or a file that is not in its format.
+    """
+    kind = losses.perceptual_kind
+    if kind not in PERCEPTUAL_KINDS:
+        raise HonestFaceError("config 'losses.perceptual_kind'", f"unknown value {kind!r}",
+                              f"Use one of {', '.join(PERCEPTUAL_KINDS)}")
+    vgg = _locate(losses, "vgg16", find_weight_file(VGG16_FILE, models_dir), VGG16_FILE,
+                  Path(models_dir) / "torchvision" if models_dir else torch_checkpoints_dir(),
+                  "torchvision's ImageNet VGG16 weights")
+    dists = dists_weight_candidates(models_dir)
+    lin = _lpips_lin_candidates()
+    files = {"edge_dists": (vgg, _locate(losses, "dists_weights", _first_file(dists), DISTS_FILE,
+                                         dists[0].parent if dists else "(set losses.dists_weights)",
+                                         "DISTS's alpha/beta file, shipped inside the DISTS_pytorch wheel")),
+             "lpips": (vgg, _locate(losses, "lpips_lin", _first_file(lin), "vgg.pth",
+                                    lin[0].parent if lin else "(set losses.lpips_lin)",
+                                    "LPIPS v0.1 linear layers, weights/v0.1/vgg.pth inside the lpips wheel"))}
+    if kind == "auto":
+        kind = next((k for k, need in files.items() if all(path for path, _ in need)), "edge")
+        if kind == "edge":
+            log.warning("no DISTS or LPIPS weights found: the perceptual term falls back to the Sobel edge loss")
+    if kind == "edge":
         return EdgeLoss()
-    raise ValueError(f"losses.perceptual_kind must be lpips, edge or auto, not {kind!r}")
+    for path, missing in files[kind]:
+        if path is None:
+            raise missing
+    (vgg_path, _), (second, _) = files[kind]
+    if kind == "lpips":
+        return LPIPS(vgg_path, second)
+    return EdgeAwareDISTS(DISTSMetric.load(vgg_path=vgg_path, weights_path=second))
 
 
 def identity_loss(emb_fake: torch.Tensor, emb_real: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@
     accelerate launch training/train.py --config training/configs/sd21_512.yaml --output runs/sd21
     python training/train.py --config training/configs/tiny.yaml --output runs/tiny
     python training/train.py --resume runs/tiny            # continue the newest checkpoint exactly
+    # two CPU processes (gloo); accelerate's --cpu launcher would start only one
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 training/train.py --config ... --output ...
 
 ``--resume`` accepts a run folder (newest checkpoint) or a ``checkpoints/step_*`` folder; without ``--config``
 the run's own ``config.yaml`` is used, and without ``--output`` the run folder is continued.

@@ -222,26 +222,30 @@ class DISTSMetric(torch.nn.Module):
     def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [x, *vgg16_taps(self.features, (x - self.mean) / self.std)]
 
-    @torch.no_grad()
-    def forward(self, restored: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` DISTS distances of two ``(B, H, W, 3)`` [0, 1] batches (0 for identical images)."""
-        _check_pair(restored, gt)
-        dev = self.alpha.device
-        fa = self._stages(restored.permute(0, 3, 1, 2).to(dev, torch.float32))
-        fb = self._stages(gt.permute(0, 3, 1, 2).to(dev, torch.float32))
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` DISTS distances of two ``(B, 3, H, W)`` [0, 1] batches on this module's device, differentiable
+        with respect to the inputs (the training loss uses it; the weights stay frozen)."""
         total = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / total, DISTS_CHANNELS, dim=1)
         betas = torch.split(self.beta / total, DISTS_CHANNELS, dim=1)
         c = 1e-6
-        sim = torch.zeros(restored.shape[0], device=dev)
-        for a, b, wa, wb in zip(fa, fb, alphas, betas):
+        sim = x.new_zeros(x.shape[0])
+        for a, b, wa, wb in zip(self._stages(x), self._stages(y), alphas, betas):
             ma, mb = a.mean((2, 3), keepdim=True), b.mean((2, 3), keepdim=True)
             va, vb = ((a - ma) ** 2).mean((2, 3), keepdim=True), ((b - mb) ** 2).mean((2, 3), keepdim=True)
             cov = (a * b).mean((2, 3), keepdim=True) - ma * mb
             texture = (2 * ma * mb + c) / (ma ** 2 + mb ** 2 + c)
             structure = (2 * cov + c) / (va + vb + c)
             sim = sim + (wa * texture + wb * structure).sum((1, 2, 3))
-        return (1 - sim).cpu().double()
+        return 1 - sim
+
+    @torch.no_grad()
+    def forward(self, restored: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` DISTS distances of two ``(B, H, W, 3)`` [0, 1] batches (0 for identical images)."""
+        _check_pair(restored, gt)
+        dev = self.alpha.device
+        return self.distance(restored.permute(0, 3, 1, 2).to(dev, torch.float32),
+                             gt.permute(0, 3, 1, 2).to(dev, torch.float32)).cpu().double()
 
 
 class InceptionFeatures:

@@ -79,11 +79,13 @@ class FusionConfig:
 
 @dataclass
 class LoRAConfig:
-    """LoRA on the SD-2.1 UNet (OSDFace: rank 16, alpha 16, conv and attention layers)."""
+    """LoRA on the SD-2.1 UNet: rank 16, alpha 16 (the ``--lora_rank`` / ``--lora_alpha`` defaults of OSDFace's
+    ``infer.py``, github.com/jkwang28/OSDFace)."""
 
     rank: int = 16
     alpha: float = 16.0
-    # our choice, following OSEDiff/OSDFace's "conv + attention" target list
+    # our choice: OSEDiff's target list (osediff.py, initialize_unet's l_grep; github.com/cswry/OSEDiff @ fcc4f09),
+    # conv and attention layers; OSDFace's training code is not released, so its own list is not known
     target_modules: tuple[str, ...] = (
         "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
         "conv1", "conv2", "conv_shortcut", "conv", "conv_in", "conv_out",
