@@ -2,7 +2,8 @@
 
 Every backend takes one ``np.uint8`` ``(H, W, 3)`` RGB image and returns :class:`DetectedFace` objects with a
 box and five landmarks in the order left eye, right eye, nose, left mouth corner, right mouth corner
-(image-left / image-right), pixel coordinates.
+(image-left / image-right), pixel coordinates. Detections with non-finite values or boxes off the image are
+discarded (:func:`on_image`). OpenCV 4.x and 5.x both work (docs/face_pipeline.md).
 """
 
 from __future__ import annotations
@@ -50,6 +51,20 @@ class FaceDetector(Protocol):
 
 def _face(box, score, kps) -> DetectedFace:
     return DetectedFace(0, np.asarray(box, np.float32).reshape(4), float(score), np.asarray(kps, np.float32).reshape(5, 2))
+
+
+def on_image(face: DetectedFace, width: int, height: int) -> bool:
+    """Whether a detection is usable: every value finite, a box of positive size whose centre lies in the image.
+
+    OpenCV 4's YuNet returns score-1.0 boxes ~1e29 pixels off the image, or far taller than the image, on
+    extreme aspect ratios such as 20000x16. Faces cut by the image border are kept as long as their box centre
+    is inside (our choice).
+    """
+    values = np.concatenate([face.box, face.kps.reshape(-1), [face.score]])
+    if not np.isfinite(values).all():
+        return False
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    return x2 > x1 and y2 > y1 and 0 <= (x1 + x2) / 2 < width and 0 <= (y1 + y2) / 2 < height
 
 
 def _order_eyes_mouth(kps: np.ndarray) -> np.ndarray:
@@ -101,11 +116,13 @@ class YuNetDetector:
         faces = []
         for r in ([] if rows is None else rows):
             # YuNet rows: x, y, w, h, 5 landmarks (subject's right eye = image-left first), score
+            if not np.isfinite(r).all():
+                continue
             sx, sy = w / sw, h / sh
             box = np.array([r[0] * sx, r[1] * sy, (r[0] + r[2]) * sx, (r[1] + r[3]) * sy])
             kps = r[4:14].reshape(5, 2) * np.array([sx, sy])
             faces.append(_face(box, r[14], _order_eyes_mouth(kps)))
-        return faces
+        return [f for f in faces if on_image(f, w, h)]
 
 
 class RetinaFaceDetector:
@@ -144,7 +161,7 @@ class RetinaFaceDetector:
             sx, sy = w / bgr.shape[1], h / bgr.shape[0]
             box = r[:4] * np.array([sx, sy, sx, sy])
             faces.append(_face(box, r[4], _order_eyes_mouth(r[5:15].reshape(5, 2) * np.array([sx, sy]))))
-        return faces
+        return [f for f in faces if on_image(f, w, h)]
 
 
 class InsightFaceDetector:
@@ -173,7 +190,9 @@ class InsightFaceDetector:
         boxes, kpss = self.det.detect(bgr, max_num=0, **kwargs)
         if len(boxes) and kpss is None:
             raise HonestFaceError("insightface detector", "returns no 5-point landmarks", "Use a detector with keypoints (SCRFD *_bnkps / det_10g)")
-        return [_face(b[:4], b[4], _order_eyes_mouth(np.asarray(k, np.float32))) for b, k in zip(boxes, kpss if kpss is not None else [])]
+        faces = [_face(b[:4], b[4], _order_eyes_mouth(np.asarray(k, np.float32)))
+                 for b, k in zip(boxes, kpss if kpss is not None else [])]
+        return [f for f in faces if on_image(f, bgr.shape[1], bgr.shape[0])]
 
 
 def parse_selection(selection: str) -> str | list[int]:

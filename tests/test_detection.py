@@ -13,6 +13,8 @@ from honestface_core.images import load_image, uint8_to_tensor
 
 EXPECTED = {"obama.jpg": 1, "obama2.jpg": 1, "obama3.jpg": 1, "biden.jpg": 1}
 
+pytestmark = pytest.mark.opencv  # YuNet and the OpenCV resizes of every backend (also run under OpenCV 5)
+
 
 @pytest.fixture(scope="module")
 def yunet(yunet_path):
@@ -78,6 +80,34 @@ def test_no_face_small_and_large_images(yunet, astronaut):
         assert len(faces) == 1
         scale = side / 512
         assert np.abs(faces[0].kps / scale - ref.kps).max() < 6  # same landmarks back in original pixels
+
+
+@pytest.mark.parametrize("shape", [(16, 20000), (20000, 16), (16, 2000), (1, 5000)])
+def test_extreme_aspect_ratios_give_no_junk_boxes(yunet, shape):
+    """OpenCV 4's YuNet returns a score-1.0 box ~1e29 px off the image for these; it must be discarded."""
+    for img in (np.zeros((*shape, 3), np.uint8), np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)):
+        assert yunet.detect(img) == []
+
+
+def test_only_finite_boxes_that_overlap_the_image_are_kept(yunet, astronaut):
+    from honestface_core.detection import on_image
+
+    face = yunet.detect(astronaut)[0]
+    assert on_image(face, 512, 512)
+
+    def moved(box=None, kps=None, score=None) -> DetectedFace:
+        return DetectedFace(0, np.asarray(face.box if box is None else box, np.float32),
+                            face.score if score is None else score, face.kps if kps is None else kps)
+
+    assert on_image(moved(box=[-20, -10, 60, 90]), 512, 512)  # a face cut by the image corner is kept
+    assert on_image(moved(box=[460, 10, 540, 90]), 512, 512)
+    for box in ([-90, 10, -1, 90], [-60, 10, 40, 90], [512, 10, 600, 90], [10, 470, 90, 600],
+                [-2.8e29, -1.2e29, -2.8e29, -1.2e29], [50, 50, 50, 90], [60, 50, 40, 90], [np.nan, 10, 90, 90],
+                [10, 10, np.inf, 90]):
+        assert not on_image(moved(box=box), 512, 512), box
+    assert not on_image(moved(box=[16417, -47, 16912, 609]), 20000, 16)  # what YuNet 4.x returned for 20000x16
+    assert not on_image(moved(kps=np.full((5, 2), np.nan, np.float32)), 512, 512)
+    assert not on_image(moved(score=float("nan")), 512, 512)
 
 
 def test_missing_yunet_file(tmp_path):

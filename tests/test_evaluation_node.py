@@ -115,6 +115,7 @@ def test_bad_input(comfy, dlib):
         node.evaluate(torch.rand(1, 64, 80, 3), torch.rand(1, 64, 80, 3), "aligned crops", "ins106 (2d106det)", landmark_model=dlib)
 
 
+@pytest.mark.opencv  # the evaluate_landmarks workflow (YuNet + SFace) is also run under OpenCV 5
 def test_example_workflow_runs_in_server(comfy_server, photos_dir):
     from PIL import Image
 

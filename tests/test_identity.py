@@ -1,7 +1,9 @@
-"""Identity encoders on real portraits with the real SFace model, and the similarity / Deg maths."""
+"""Identity encoders on real portraits with the real SFace model (checked against OpenCV's own recognizer), and
+the similarity / Deg maths."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -15,6 +17,8 @@ from honestface_core.identity import (IdentityEncoder, SFaceEncoder, angle_degre
 from honestface_core.images import uint8_to_tensor
 
 NAMES = ("obama", "obama2", "obama3", "biden")
+
+pytestmark = pytest.mark.opencv  # YuNet crops and OpenCV's SFace as the reference (also run under OpenCV 5)
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +46,46 @@ def test_sface_same_person_far_above_different_person(aligned, sface_encoder):
     assert deg[0, 1] < deg[0, 3] - 15
 
 
-def test_arcface_crop_matches_opencv_aligncrop(aligned, sface_encoder):
+def _opencv_sface(sface_path):
+    """OpenCV's own ``cv2.FaceRecognizerSF`` as the reference. OpenCV 5's dnn rejects the published file (its stale
+    weight inputs), so there it reads the same graph with those inputs pruned (all else unchanged)."""
+    import cv2
+
+    if int(cv2.__version__.split(".")[0]) < 5:
+        return cv2.FaceRecognizerSF.create(str(sface_path), "")
+    from honestface_core.onnx_sessions import load_onnx, prune_graph_inputs
+
+    model = load_onnx(sface_path)
+    prune_graph_inputs(model)
+    return cv2.FaceRecognizerSF.create("onnx", np.frombuffer(model.SerializeToString(), np.uint8), np.zeros(0, np.uint8))
+
+
+def test_sface_reproduces_opencv_face_recognizer(aligned, sface_encoder, sface_path):
+    """Same 112 crops: our onnxruntime SFace gives OpenCV FaceRecognizerSF.feature's embedding; batches change nothing."""
+    crops = torch.cat([aligned[n][2] for n in NAMES])
+    ours = sface_encoder.embed(crops)
+    bgr = (to_arcface_crops(crops).flip(1) + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    ref = _opencv_sface(sface_path)
+    theirs = torch.from_numpy(np.stack([ref.feature(np.ascontiguousarray(b)).reshape(-1) for b in bgr]))
+    cos = torch.diag(cosine_similarity(ours, theirs))
+    print(f"\nSFace onnxruntime vs cv2.FaceRecognizerSF on the same crops: cos {np.round(cos.numpy(), 5)}")
+    assert (cos > 0.999).all()
+    single = torch.cat([sface_encoder.embed(c[None]) for c in crops])
+    assert torch.allclose(single, ours, atol=1e-5)
+
+
+def test_arcface_crop_matches_opencv_aligncrop(aligned, sface_encoder, sface_path):
     """The FFHQ-512 -> ArcFace-112 re-warp reproduces OpenCV's own 5-point alignCrop of the photo."""
     img, face, crop = aligned["obama"]
     row = np.concatenate([face.box[:2], face.box[2:] - face.box[:2], face.kps.reshape(-1), [face.score]]).astype(np.float32)
-    theirs = sface_encoder.model.alignCrop(np.ascontiguousarray(img[..., ::-1]), row).astype(np.float32)[..., ::-1]
+    ref = _opencv_sface(sface_path)
+    theirs = ref.alignCrop(np.ascontiguousarray(img[..., ::-1]), row).astype(np.float32)[..., ::-1]
     ours = to_arcface_crops(crop)[0].permute(1, 2, 0).numpy()
     err = np.abs(ours - theirs).mean()
     print(f"\nmean abs pixel difference vs cv2 alignCrop: {err:.2f} / 255")
     assert ours.shape == (112, 112, 3) and err < 10
     # and the embedding of the re-warped crop is the one SFace computes from OpenCV's crop
-    theirs_emb = torch.from_numpy(sface_encoder.model.feature(np.ascontiguousarray(theirs[..., ::-1]).astype(np.uint8)))
+    theirs_emb = torch.from_numpy(ref.feature(np.ascontiguousarray(theirs[..., ::-1]).astype(np.uint8)))
     assert cosine_similarity(sface_encoder.embed(crop), theirs_emb).item() > 0.95
 
 
@@ -74,6 +107,29 @@ def test_sface_missing_file(tmp_path):
     with pytest.raises(MissingModelError) as err:
         SFaceEncoder(tmp_path / "face_recognition_sface_2021dec.onnx")
     assert err.value.filename == "face_recognition_sface_2021dec.onnx" and err.value.folder == str(tmp_path)
+
+
+def test_sface_damaged_or_wrong_file(tmp_path):
+    from honestface_core.insightface_models import write_insightface_test_models
+
+    damaged = tmp_path / "face_recognition_sface_2021dec.onnx"
+    damaged.write_bytes(b"\x08\x07garbage")
+    with pytest.raises(HonestFaceError, match="cannot be read"):
+        SFaceEncoder(damaged)
+    write_insightface_test_models(tmp_path, packs=("buffalo_l",))  # an ArcFace file: (N,3,112,112) -> 512
+    for wrong in ("det_10g.onnx", "w600k_r50.onnx"):
+        with pytest.raises(HonestFaceError, match="is not an SFace recognizer"):
+            SFaceEncoder(tmp_path / "insightface" / "models" / "buffalo_l" / wrong)
+
+
+def test_sface_logs_its_provider_once(sface_path, tmp_path, caplog):
+    copy = tmp_path / "face_recognition_sface_2021dec.onnx"  # a path no other test has logged yet
+    copy.write_bytes(sface_path.read_bytes())
+    with caplog.at_level(logging.INFO, logger="honestface_core.onnx_sessions"):
+        SFaceEncoder(copy)
+        SFaceEncoder(copy)
+    lines = [r.getMessage() for r in caplog.records if r.name == "honestface_core.onnx_sessions"]
+    assert lines == [f"ONNX model {copy.name} runs on ['CPUExecutionProvider']"]
 
 
 def test_cosine_and_angle_maths():

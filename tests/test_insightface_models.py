@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
+from importlib import metadata
 
 import numpy as np
 import pytest
@@ -112,10 +114,50 @@ def test_damaged_file_is_a_clear_error(packs_dir, tmp_path):
         load_face_analysis(tmp_path, "antelopev2")
 
 
-def test_unavailable_provider_falls_back_to_cpu(packs_dir):
-    app = load_face_analysis(packs_dir, "antelopev2", providers=("NoSuchExecutionProvider",),
-                             allowed_modules=("detection", "recognition"))
+def test_unavailable_provider_falls_back_to_cpu(packs_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="honestface_core.onnx_sessions"):
+        app = load_face_analysis(packs_dir, "antelopev2", providers=("NoSuchExecutionProvider",),
+                                 allowed_modules=("detection", "recognition"))
     assert app.models["recognition"].session.get_providers() == ["CPUExecutionProvider"]
+    [warning] = [r.getMessage() for r in caplog.records if "are not in this onnxruntime build" in r.getMessage()]
+    assert "['NoSuchExecutionProvider']" in warning
+    assert f"onnxruntime=={metadata.version('onnxruntime')}" in warning and "GPU execution" in warning
+
+
+def test_each_model_file_logs_its_real_providers_once(packs_dir, tmp_path, caplog):
+    shutil.copytree(pack_folder(packs_dir, "buffalo_l"), pack_folder(tmp_path, "buffalo_l"))  # paths not logged yet
+    with caplog.at_level(logging.INFO, logger="honestface_core.onnx_sessions"):
+        load_face_analysis(tmp_path, "buffalo_l", det_size=128)
+        load_face_analysis(tmp_path, "buffalo_l", det_size=128)
+    lines = sorted(r.getMessage() for r in caplog.records if r.name == "honestface_core.onnx_sessions")
+    assert lines == sorted(f"ONNX model {f} runs on ['CPUExecutionProvider']" for f in INSIGHTFACE_PACKS["buffalo_l"])
+
+
+def _nest(packs_dir, root, pack="buffalo_l", drop=None):
+    """The pack unzipped one level too deep: models/insightface/models/<pack>/<pack>/*.onnx."""
+    nested = pack_folder(root, pack) / pack
+    shutil.copytree(pack_folder(packs_dir, pack), nested)
+    if drop:
+        (nested / drop).unlink()
+    return nested
+
+
+def test_pack_unpacked_one_level_too_deep_is_found_and_explained(packs_dir, tmp_path, caplog):
+    nested = _nest(packs_dir, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="honestface_core.insightface_models"):
+        app = load_face_analysis(tmp_path, "buffalo_l", det_size=128, allowed_modules=("detection", "recognition"))
+        load_face_analysis(tmp_path, "buffalo_l", det_size=128, allowed_modules=("detection", "recognition"))
+    assert app.models["recognition"].model_file == str((nested / "w600k_r50.onnx").resolve())
+    [warning] = [r.getMessage() for r in caplog.records if "too deep" in r.getMessage()]  # once, not per load
+    assert "one level too deep" in warning and str(nested) in warning and "move the .onnx files up" in warning
+    assert str(pack_folder(tmp_path, "buffalo_l")) in warning
+
+
+def test_nested_pack_missing_a_file_names_the_nested_folder(packs_dir, tmp_path):
+    nested = _nest(packs_dir, tmp_path, drop="w600k_r50.onnx")
+    with pytest.raises(MissingModelError) as err:
+        load_face_analysis(tmp_path, "buffalo_l")
+    assert err.value.filename == "w600k_r50.onnx" and err.value.folder == str(nested)
 
 
 def test_writer_never_overwrites(packs_dir):

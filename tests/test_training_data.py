@@ -51,6 +51,7 @@ def data_config(root: Path, yunet_path: Path, **kw) -> DataConfig:
                       detector="yunet", detector_path=str(yunet_path), **kw)
 
 
+@pytest.mark.opencv
 def test_degradation_is_reproducible_per_seed_and_position(astronaut):
     cfg = DegradationConfig()
     a = degrade(astronaut, cfg, sample_rng(3, 17))
@@ -71,6 +72,7 @@ def test_gaussian_kernel_is_normalised_and_anisotropic():
     assert (k[10, :] > 1e-3).sum() < (k[:, 10] > 1e-3).sum()  # wider along y
 
 
+@pytest.mark.opencv
 def test_identity_dataset_from_real_photos_counts_bad_data(tmp_path, photos_dir, astronaut, yunet_path):
     root = make_identity_folder(tmp_path / "ids", photos_dir, astronaut)
     logs: list[str] = []
