@@ -43,7 +43,7 @@ def test_opencv_tests_pass_under_opencv5(tmp_path):
     files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py")
                    if "pytest.mark.opencv" in p.read_text(encoding="utf-8"))
     cmd = [sys.executable, "-m", "pytest", *files, "-m", "opencv and not slow", "-q",
-           "-p", "no:cacheprovider", f"--junitxml={junit}"]
+           "-p", "no:cacheprovider", f"--junitxml={junit}", f"--basetemp={tmp_path / 'run'}"]
     proc = subprocess.run(cmd, cwd=REPO, env=_env_opencv5(), capture_output=True, text=True, timeout=540)
     print(proc.stdout[-1500:])
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
