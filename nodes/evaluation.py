@@ -24,7 +24,8 @@ from honestface_core.landmarks import DLIB68_FILE, DLIB68_FOLDER, AWingLandmarks
 from honestface_core.metrics.evaluate import CropScores, nanmean, score_crops
 from honestface_core.model_paths import MODEL_FILES, bundled_model_path
 
-from .model_folders import models_dir_with
+from .model_folders import check_choices, models_dir_with
+from .result_text import landmark_summary, ui_text
 from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector, pick_encoder
 
 LANDMARKS = "HONESTFACE_LANDMARKS"
@@ -34,16 +35,20 @@ INSIGHTFACE_SCHEMES = ["ins106 (2d106det)", "ins68 (1k3d68)"]
 EVAL_SIZE = 512
 
 
-def dlib_file() -> Path:
-    """``models/landmarks/shape_predictor_68_face_landmarks.dat``, else the face-recognition-models copy."""
+def dlib_file() -> Path | None:
+    """``models/landmarks/shape_predictor_68_face_landmarks.dat``, else the face-recognition-models copy, else None."""
     full = folder_paths.get_full_path(DLIB68_FOLDER, DLIB68_FILE)
-    if full:
-        return Path(full)
-    bundled = bundled_model_path(DLIB68_FILE)
-    if bundled is not None:
-        return bundled
-    known = next(m for m in MODEL_FILES if m.filename == DLIB68_FILE)
-    raise MissingModelError(DLIB68_FILE, " or ".join(folder_paths.get_folder_paths(DLIB68_FOLDER)), known.source)
+    return Path(full) if full else bundled_model_path(DLIB68_FILE)
+
+
+# landmark model choice -> (file, folder)
+LANDMARK_FILES = {"dlib68": (DLIB68_FILE, DLIB68_FOLDER), "wflw98": (AWING_FILE, "facexlib")}
+
+
+def landmark_choices() -> list[str]:
+    """The landmark models whose file exists (dlib68 also inside face-recognition-models)."""
+    return (["dlib68"] * (dlib_file() is not None)
+            + ["wflw98"] * (AWING_FILE in folder_paths.get_filename_list("facexlib")))
 
 
 class LandmarkLoader:
@@ -60,13 +65,23 @@ class LandmarkLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (["dlib68", "wflw98"], {"tooltip": f"dlib68: {DLIB68_FILE} (68 iBUG points); wflw98: "
-                                             f"{AWING_FILE} (98 WFLW points, facexlib AWing)."}),
+            "model": (landmark_choices(), {"tooltip": f"dlib68: {DLIB68_FILE} (68 iBUG points); wflw98: "
+                                           f"{AWING_FILE} (98 WFLW points, facexlib AWing). Only those found are listed."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model: str):
+        filename, folder = LANDMARK_FILES.get(model, (model, DLIB68_FOLDER))
+        known = next((m for m in MODEL_FILES if m.filename == filename), None)
+        return check_choices(("model", model, landmark_choices(), filename, folder, known.source if known else ""))
 
     def load(self, model: str):
         if model == "dlib68":
-            return (DlibLandmarks(dlib_file()),)
+            path = dlib_file()
+            if path is None:
+                known = next(m for m in MODEL_FILES if m.filename == DLIB68_FILE)
+                raise MissingModelError(DLIB68_FILE, " or ".join(folder_paths.get_folder_paths(DLIB68_FOLDER)), known.source)
+            return (DlibLandmarks(path),)
         return (AWingLandmarks.from_models_dir(models_dir_with("facexlib", AWING_FILE), mm.get_torch_device()),)
 
 
@@ -225,7 +240,7 @@ class LandmarkEvaluation:
         v = scores.values
         result = (_mean(v["L2-LD"]), _mean(v["ALD"]), _mean(v["ALD-e"]), _mean(v["ALD-m"]), _mean(v.get("Deg.")),
                   _mean(v.get("Ref-Deg")), text, overlay)
-        return {"ui": {"text": [text]}, "result": result}
+        return {"ui": ui_text(text, landmark_summary(report)), "result": result}
 
 
 def _json_float(x: float) -> float | None:

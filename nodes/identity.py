@@ -14,6 +14,7 @@ from honestface_core.errors import HonestFaceError
 from honestface_core.identity import angle_degrees, cosine_similarity
 from honestface_core.images import as_rgb_batch
 
+from .result_text import similarity_summary, ui_text
 from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector, pick_encoder
 
 INPUT_KINDS = ["detect largest face", "aligned crops"]  # a list: ComfyUI checks list choices
@@ -87,7 +88,7 @@ class IdentitySimilarity:
                   "no_face_images": miss_a, "no_face_images_b": miss_b}
         text = json.dumps(report, indent=1)
         result = (text, float(cos[pairs].mean()), float(deg[pairs].mean()))
-        return {"ui": {"text": [text]}, "result": result}
+        return {"ui": ui_text(text, similarity_summary(report, images_b is None, *result[1:])), "result": result}
 
 
 NODE_CLASS_MAPPINGS = {"HonestFaceIdentitySimilarity": IdentitySimilarity}

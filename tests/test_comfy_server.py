@@ -52,7 +52,7 @@ def test_face_detect_paste_workflow(comfy_server, photos_dir):
     from honestface_core.model_paths import bundled_model_path
 
     shutil.copy(photos_dir / "obama.jpg", comfy_server.input_dir / "obama.jpg")
-    prompt = load_api_workflow("face_detect_paste.json")
+    prompt = load_api_workflow("Detect faces and paste back.json")
     prompt["1"]["inputs"]["image"] = "obama.jpg"
     entry = comfy_server.run_prompt(prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
@@ -76,7 +76,7 @@ def test_face_detect_paste_workflow(comfy_server, photos_dir):
 
 def test_bad_input_reaches_the_ui_as_a_clear_error(comfy_server, photos_dir):
     shutil.copy(photos_dir / "obama.jpg", comfy_server.input_dir / "obama.jpg")
-    prompt = load_api_workflow("face_detect_paste.json")
+    prompt = load_api_workflow("Detect faces and paste back.json")
     prompt["1"]["inputs"]["image"] = "obama.jpg"
     prompt["3"]["inputs"]["faces"] = "the left one"
     entry = comfy_server.run_prompt(prompt)

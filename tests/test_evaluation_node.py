@@ -122,7 +122,7 @@ def test_example_workflow_runs_in_server(comfy_server, photos_dir):
     obama = read_rgb(photos_dir / "obama.jpg")[:800, 50:850]
     Image.fromarray(_jpeg(obama, 30)).save(comfy_server.input_dir / "restored.png")
     Image.fromarray(obama).save(comfy_server.input_dir / "ground_truth.png")
-    prompt = load_api_workflow("evaluate_landmarks.json")
+    prompt = load_api_workflow("Evaluate a restoration.json")
     entry = comfy_server.run_prompt(prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
     node_out = entry["outputs"]["5"]
@@ -135,16 +135,16 @@ def test_example_workflow_runs_in_server(comfy_server, photos_dir):
 def test_ui_workflow_matches_api_twin():
     from comfy_harness import WORKFLOWS
 
-    ui = json.loads((WORKFLOWS / "evaluate_landmarks.json").read_text())
-    api = load_api_workflow("evaluate_landmarks.json")
-    assert "null" not in (WORKFLOWS / "evaluate_landmarks.json").read_text()
+    ui = json.loads((WORKFLOWS / "Evaluate a restoration.json").read_text())
+    api = load_api_workflow("Evaluate a restoration.json")
+    assert "null" not in (WORKFLOWS / "Evaluate a restoration.json").read_text()
     assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
     for link_id, src, src_slot, dst, dst_slot, _ in ui["links"]:
         dst_node = next(n for n in ui["nodes"] if n["id"] == dst)
         name = dst_node["inputs"][dst_slot]["name"]
         assert dst_node["inputs"][dst_slot]["link"] == link_id
         assert api[str(dst)]["inputs"][name] == [str(src), src_slot]
-    assert (WORKFLOWS / "evaluate_landmarks.jpg").is_file()
+    assert (WORKFLOWS / "Evaluate a restoration.jpg").is_file()
 
 
 def test_sizes_differ_detect_and_align(comfy, opencv, dlib, photos):

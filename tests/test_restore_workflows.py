@@ -43,7 +43,7 @@ def _run(server, prompt: dict, prefix: str) -> np.ndarray:
 
 
 def test_workflow_files_are_twins():
-    for name in ("blind_restore", "restore_with_references"):
+    for name in ("Restore faces (blind)", "Restore faces with reference photos"):
         ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
         api = load_api_workflow(f"{name}.json")
         assert (WORKFLOWS / f"{name}.jpg").is_file()
@@ -54,7 +54,7 @@ def test_workflow_files_are_twins():
 
 def test_blind_restore_workflow(comfy_server, astronaut):
     Image.fromarray(astronaut).save(comfy_server.input_dir / "astronaut.png")
-    out = _run(comfy_server, load_api_workflow("blind_restore.json"), "blind_restore")
+    out = _run(comfy_server, load_api_workflow("Restore faces (blind).json"), "blind_restore")
     _check_only_face_changed(out, astronaut)
 
 
@@ -72,7 +72,7 @@ def test_restore_with_references_workflow(comfy_server, astronaut, photos_dir, t
     save_identity_set(refs, comfy_server.input_dir / "person.safetensors", overwrite=True)
     Image.fromarray(astronaut).save(comfy_server.input_dir / "astronaut.png")
 
-    prompt = load_api_workflow("restore_with_references.json")
+    prompt = load_api_workflow("Restore faces with reference photos.json")
     restore = next(k for k, v in prompt.items() if v["class_type"] == "HonestFaceRestoreFaces")
     loader = next(k for k, v in prompt.items() if v["class_type"] == "HonestFaceInsightFaceLoader")
     ref_node = next(k for k, v in prompt.items() if v["class_type"] == "HonestFaceLoadReferences")
@@ -84,7 +84,7 @@ def test_restore_with_references_workflow(comfy_server, astronaut, photos_dir, t
     prompt[restore]["inputs"]["opencv"] = ["99", 0]
     with_refs = _run(comfy_server, prompt, "restore_with_references")
     _check_only_face_changed(with_refs, astronaut)
-    blind = _run(comfy_server, load_api_workflow("blind_restore.json"), "blind_restore")
+    blind = _run(comfy_server, load_api_workflow("Restore faces (blind).json"), "blind_restore")
     assert np.abs(with_refs.astype(int) - blind.astype(int)).max() > 0  # the references changed the result
 
 
