@@ -89,13 +89,20 @@ def _shared_cfg(tiny_cfg, overfit_run, **train):
     return cfg
 
 
-def test_tiny_training_overfits_and_updates_both_players(overfit_run):
+def test_tiny_training_overfits_and_updates_both_players(overfit_run, capsys):
     """Overfit check on the training set (five fixed pairs, strong degradations): the generator's reconstruction
-    loss goes down, the restored crops end closer to the targets than the degraded inputs, the discriminator
-    is updated, and everything is logged."""
+    loss goes down, the restored crops end at least 15 % closer to the targets (MSE) than both the degraded inputs
+    and the untrained model's output, the discriminator is updated, and everything is logged.
+
+    Measured on AMD EPYC with 1 and 2 threads: after / lq = 0.726 both. (Whether the *untrained* model's output is
+    a little better or worse than the input is a property of the random base, not of training; it is not asserted.)
+    """
     h = overfit_run["history"]
-    print({k: round(overfit_run[k], 4) for k in ("before", "after", "lq")})
-    assert overfit_run["after"] < overfit_run["lq"] < overfit_run["before"]
+    with capsys.disabled():
+        print("\ntiny overfit MSE:", {k: round(overfit_run[k], 4) for k in ("before", "after", "lq")},
+              f"after/lq {overfit_run['after'] / overfit_run['lq']:.3f}")
+    assert overfit_run["after"] <= 0.85 * overfit_run["lq"]
+    assert overfit_run["after"] <= 0.85 * overfit_run["before"]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     first, last = h[:5], h[-10:]
     assert mean([x["mse"] for x in last]) < 0.9 * mean([x["mse"] for x in first])
