@@ -176,7 +176,7 @@ def test_export_bundle_loads_with_the_model_loader(overfit_run, tmp_path, thread
 @pytest.mark.comfy
 def test_export_bundle_restores_in_the_comfyui_blind_workflow(overfit_run, comfy_server, astronaut, threads):
     """The exported bundle and the run's tiny base, put in the server's models/ folder (models/honestface and
-    models/diffusers/<name>), run through workflows/api/blind_restore.json in the real ComfyUI server: the 64 px
+    models/diffusers/<name>), run through workflows/api/Restore faces (blind).json in the real ComfyUI server: the 64 px
     model restores the 512 px aligned crop (resized to 64 and back) and only the face region changes."""
     import shutil
 
@@ -192,7 +192,7 @@ def test_export_bundle_restores_in_the_comfyui_blind_workflow(overfit_run, comfy
     shutil.copytree(out / "base", models / "diffusers" / "tiny_run_base", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("*.onnx", "*.txt"))
     Image.fromarray(astronaut).save(comfy_server.input_dir / "astronaut.png")
-    prompt = load_api_workflow("blind_restore.json")
+    prompt = load_api_workflow("Restore faces (blind).json")
     loader = next(v for v in prompt.values() if v["class_type"] == "HonestFaceModelLoader")
     loader["inputs"].update(model="tiny_run.safetensors", base="diffusers/tiny_run_base")
     restored = _run(comfy_server, prompt, "blind_restore")
