@@ -57,6 +57,9 @@ class ModelConfig:
     base: str = ""
     vre_checkpoint: str = ""  # stage-1 output (our safetensors) or OSDFace associate_2.ckpt
     init_bundle: str = ""  # start from an exported bundle
+    # warm start: folder with OSDFace's associate_2.ckpt, pytorch_lora_weights.safetensors and
+    # embedding_change_weights.pth; VRE, projector and LoRA start from them (docs/training.md)
+    osdface_init: str = ""
     tiny_vae_steps: int = 0  # tiny variant without a base: fit the tiny VAE on the crops first (training/tiny_base.py)
 
 

@@ -3,7 +3,8 @@
 - :func:`model_config_for`: ``HonestFaceConfig`` from ``model.variant`` (``tiny`` / ``sd21``) + ``model.overrides``.
 - :func:`build_model`: base UNet/VAE (a local diffusers folder; for ``tiny`` without a base a tiny base is written
   once to ``<output>/base`` and loaded from there like a real one), face backbone (insightface
-  ArcFace ONNX; random-weight file for ``tiny``), optional stage-1 VRE, fresh LoRA, optional init bundle.
+  ArcFace ONNX; random-weight file for ``tiny``), optional stage-1 VRE, fresh LoRA, optional init bundle, or the
+  warm start from OSDFace's three files (:func:`warm_start_config`, :func:`load_osdface_weights`).
 - :class:`TrainingForward`: one module whose ``forward`` returns everything the losses and the discriminator
   need, so DDP/FSDP wrap a single call.
 - :func:`face_region_mask`: the L_MFA mask (face parser, or a feathered ellipse when none is configured).
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.model.config import HonestFaceConfig
 from honestface_core.model.honestface import HonestFaceModel
 from honestface_core.model.iresnet import FaceBackbone
+from honestface_core.model.osdface import LORA_FILE, OSDFaceFiles, read_osdface_files
 from training.config import TrainConfig
 
 
@@ -36,6 +39,51 @@ def model_config_for(cfg: TrainConfig) -> HonestFaceConfig:
         raise HonestFaceError("config 'model.variant'", f"unknown variant {cfg.model.variant!r}", "Use 'tiny' or 'sd21'")
     base = HonestFaceConfig.tiny() if cfg.model.variant == "tiny" else HonestFaceConfig()
     return HonestFaceConfig.from_dict(_deep_merge(base.to_dict(), cfg.model.overrides))
+
+
+def warm_start_config(mcfg: HonestFaceConfig, files: OSDFaceFiles) -> HonestFaceConfig:
+    """``mcfg`` with the sizes OSDFace's files fix: the VRE and projector widths, the LoRA rank and alpha = rank
+    (scale 1, as :func:`~honestface_core.model.osdface.load_osdface` runs the file). Everything else stays the
+    config's: identity branches, fusion, LoRA targets and ``vre.input_norm``."""
+    where = f"OSDFace files in '{files.folder}' (model.osdface_init)"
+    if files.prompt_dim != mcfg.prompt_dim:
+        raise HonestFaceError(where, f"make {files.prompt_dim}-wide prompt tokens, the model's prompt is {mcfg.prompt_dim} wide",
+                              "Use OSDFace's files with the SD-2.1-base model (prompt width 1024)")
+    vre = dataclasses.replace(files.vre_config(), input_norm=mcfg.vre.input_norm)
+    try:
+        return dataclasses.replace(mcfg, vre=vre, lora=dataclasses.replace(mcfg.lora, rank=files.rank, alpha=float(files.rank)))
+    except ValueError as exc:
+        raise HonestFaceError(where, f"do not describe a usable model ({str(exc)[:200]})",
+                              "Use OSDFace's released files") from exc
+
+
+def load_osdface_weights(model: HonestFaceModel, files: OSDFaceFiles) -> None:
+    """Copy OSDFace's VRE, projector and LoRA matrices into ``model`` (built from :func:`warm_start_config`, LoRA
+    injected). LoRA layers the file has no matrices for keep B = 0, so they change nothing before training."""
+    where = f"OSDFace files in '{files.folder}' (model.osdface_init)"
+    try:
+        model.vre.load_state_dict(files.vre, strict=True)
+        model.projector.load_state_dict(files.projector, strict=True)
+    except RuntimeError as exc:
+        raise HonestFaceError(where, f"do not fit the model ({str(exc)[:300]})", "Use OSDFace's released files") from exc
+    from honestface_core.model.lora import ADAPTER
+
+    params = dict(model.generator.unet.named_parameters())
+    targets = {}
+    for key, value in files.lora.items():  # <module>.lora_A.weight -> <module>.lora_A.<adapter>.weight
+        name = key[: -len(".weight")] + f".{ADAPTER}.weight"
+        if name not in params:
+            raise HonestFaceError(f"OSDFace LoRA '{files.folder / LORA_FILE}'",
+                                  f"has matrices for '{key.rsplit('.', 2)[0]}', a layer model.lora.target_modules does not cover",
+                                  "Add that layer's name to model.overrides.lora.target_modules")
+        if params[name].shape != value.shape:
+            raise HonestFaceError(f"OSDFace LoRA '{files.folder / LORA_FILE}'",
+                                  f"has '{key}' of shape {tuple(value.shape)}, the model's is {tuple(params[name].shape)}",
+                                  "Use OSDFace's file with the SD-2.1-base model it was trained on")
+        targets[name] = value
+    with torch.no_grad():
+        for name, value in targets.items():
+            params[name].copy_(value)
 
 
 def load_backbone(path: str | Path, mcfg: HonestFaceConfig) -> FaceBackbone:
@@ -62,6 +110,13 @@ def build_model(cfg: TrainConfig, workdir: str | Path, dataset=None) -> HonestFa
     from safetensors.torch import load_file
 
     mcfg = model_config_for(cfg)
+    osdface = None
+    if cfg.model.osdface_init:  # read (and check) before any slow work
+        if cfg.model.vre_checkpoint or cfg.model.init_bundle:
+            raise HonestFaceError("config 'model.osdface_init'", "is set together with model.vre_checkpoint or model.init_bundle",
+                                  "The warm start takes VRE, projector and LoRA from OSDFace's files: leave the other two empty")
+        osdface = read_osdface_files(cfg.model.osdface_init)
+        mcfg = warm_start_config(mcfg, osdface)
     workdir = Path(workdir)
     base = cfg.model.base
     backbone_path = cfg.losses.face_backbone
@@ -106,6 +161,8 @@ def build_model(cfg: TrainConfig, workdir: str | Path, dataset=None) -> HonestFa
         model.freeze_base()
     else:
         model.add_lora()
+        if osdface is not None:
+            load_osdface_weights(model, osdface)
     model.base_paths = {"base": str(base), "backbone": str(backbone_path)}
     return model
 
@@ -119,11 +176,11 @@ class TrainingForward(nn.Module):
 
     def forward(self, lq: torch.Tensor, refs: torch.Tensor, ref_mask: torch.Tensor, hq: torch.Tensor):
         m = self.model
-        prompt = m.encode_prompt(lq, (refs, ref_mask) if ref_mask.shape[1] else None)
+        prompt, keep = m.encode_prompt_masked(lq, (refs, ref_mask) if ref_mask.shape[1] else None)
         with torch.no_grad():
             z_lq = m.generator.encode(lq)
             z_hq = m.generator.encode(hq)
-        z_hat = m.restore_latent(z_lq, prompt)
+        z_hat = m.restore_latent(z_lq, prompt, keep)
         return m.generator.decode(z_hat, clamp=False), z_hat, prompt, z_hq
 
 

@@ -41,6 +41,9 @@ class VREConfig:
     projector_hidden: int = 256
     norm_groups: int = 32
     head_size: int = 1
+    # what the VRE sees: "single" = the image in [-1, 1]; "double" = OSDFace's (x - 0.5) / 0.5 of that image (what
+    # OSDFace's projector and LoRA were trained on); "auto" = double for variant "osdface", else single (our choice)
+    input_norm: str = "auto"
 
 
 @dataclass
@@ -75,6 +78,12 @@ class FusionConfig:
     mixer_layers: int = 0  # 0 = concatenation only; n > 0 adds a zero-initialised transformer mixer
     mixer_heads: int = 8
     mixer_ff_mult: int = 2
+    # "normed": p_L gets its LayerNorm + branch-type embedding like the other branches; "raw": p_L enters the prompt
+    # exactly as the projector made it (the warm start from OSDFace, docs/training.md)
+    lq_tokens: str = "normed"
+    # "null": learned null tokens stand in for p_F / p_I of a face without references; "masked": those tokens are
+    # left out of the mixer and of the UNet's cross-attention (dropped when no face of the batch has references)
+    absent_tokens: str = "null"
 
 
 @dataclass
@@ -226,7 +235,8 @@ _DIFFUSERS_BOUNDS: dict[str, dict[str, tuple[int, int]]] = {
     "scheduler": {"num_train_timesteps": (1, MAX_TRAIN_TIMESTEPS)},
 }
 SECTIONS = ("vre", "identity", "features", "fusion", "lora", "generator")
-_CHOICES = {"variant": VARIANTS, "identity.pooling": ("attention", "mean")}
+_CHOICES = {"variant": VARIANTS, "identity.pooling": ("attention", "mean"), "vre.input_norm": ("auto", "single", "double"),
+            "fusion.lq_tokens": ("normed", "raw"), "fusion.absent_tokens": ("null", "masked")}
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # features.backbone names a file: <name>.onnx
 
 

@@ -55,10 +55,12 @@ class OneStepGenerator(nn.Module):
         out = (z.float() - self.sqrt_one_minus_alpha_bar * eps.float()) / self.sqrt_alpha_bar
         return out.to(z.dtype)
 
-    def denoise(self, z_lq: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """One UNet call at the fixed timestep: scaled LQ latent + prompt tokens -> restored latent."""
+    def denoise(self, z_lq: torch.Tensor, prompt: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """One UNet call at the fixed timestep: scaled LQ latent + prompt tokens -> restored latent. ``keep``:
+        optional (B, T) bool, False = token left out of cross-attention (diffusers' ``encoder_attention_mask``)."""
         t = torch.full((z_lq.shape[0],), self.timestep, device=z_lq.device, dtype=torch.long)
-        eps = self.unet(z_lq.to(self.unet.dtype), t, encoder_hidden_states=prompt.to(self.unet.dtype)).sample
+        eps = self.unet(z_lq.to(self.unet.dtype), t, encoder_hidden_states=prompt.to(self.unet.dtype),
+                        encoder_attention_mask=keep).sample
         return self.x0_from_eps(z_lq, eps)
 
     def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:

@@ -156,36 +156,67 @@ class HonestFaceModel(nn.Module):
         return batch_refs
 
     def prompt_lq(self, lq: torch.Tensor) -> torch.Tensor:
-        """p_L (B, 77, prompt_dim) from the LQ image in [-1, 1]."""
-        vre_in = (lq - 0.5) / 0.5 if self.config.variant == "osdface" else lq  # OSDFace's double normalisation
+        """p_L (B, 77, prompt_dim) from the LQ image in [-1, 1] (``vre.input_norm`` says what the VRE sees)."""
+        norm = self.config.vre.input_norm
+        if norm == "double" or (norm == "auto" and self.config.variant == "osdface"):
+            lq = (lq - 0.5) / 0.5  # OSDFace's double normalisation of an image already in [-1, 1]
         with torch.no_grad():
-            codes, _ = self.vre(vre_in.to(self.dtype))
+            codes, _ = self.vre(lq.to(self.dtype))
         return self.projector(codes)
 
     def encode_prompt(self, lq: torch.Tensor, refs: RefsInput = None, p_lq: torch.Tensor | None = None) -> torch.Tensor:
-        """Prompt tokens p (B, T, prompt_dim): T = 77 + N_F + N_I (77 for ``variant="osdface"``).
+        """Prompt tokens p (B, T, prompt_dim): T = 77 + N_F + N_I (77 for ``variant="osdface"``, and for a batch
+        without references when ``fusion.absent_tokens="masked"``).
 
         Args:
             lq: (B, 3, 512, 512) LQ crops in [-1, 1].
             refs: None (blind), a list of per-sample (K_i, 3, S, S) tensors (None / empty = blind sample),
                 a padded ``((B, K, 3, S, S), (B, K) mask)`` tuple or a :class:`ReferenceBatch`.
             p_lq: ``prompt_lq(lq)`` when already computed (e.g. to time the other branches alone).
+
+        Raises HonestFaceError for a batch that mixes faces with and without references under masked absent
+        tokens: that prompt needs its token mask, see :meth:`encode_prompt_masked`.
         """
+        prompt, keep = self.encode_prompt_masked(lq, refs, p_lq)
+        if keep is not None:
+            raise HonestFaceError("references", "mix faces with and without references, and this model leaves the "
+                                  "identity tokens of faces without references out (fusion.absent_tokens='masked')",
+                                  "Use encode_prompt_masked() and pass its mask to restore_latent(), or call the model")
+        return prompt
+
+    def encode_prompt_masked(self, lq: torch.Tensor, refs: RefsInput = None,
+                             p_lq: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(p, keep)``: the prompt as :meth:`encode_prompt` (same arguments) and a (B, T) bool token mask for the
+        UNet's cross-attention (False = token left out), or None when every token counts."""
         _check_image(lq, "lq")
         p_lq = self.prompt_lq(lq) if p_lq is None else p_lq
         if self.config.variant == "osdface":
-            return p_lq
+            return p_lq, None
         b = lq.shape[0]
         batch_refs = self._references(refs, b)
         mask = batch_refs.mask.to(lq.device)
-        if not mask.any():
+        present = mask.any(dim=1)
+        masked = self.config.fusion.absent_tokens == "masked"
+        if not present.any():
+            if masked:
+                return self.fusion(p_lq), None
             p_id = self.identity_encoder.null_tokens.expand(b, -1, -1).to(p_lq.dtype)
             p_feat = self.feature_extractor.null_tokens.expand(b, -1, -1).to(p_lq.dtype)
-            return self.fusion(p_lq, p_id, p_feat)
+            return self.fusion(p_lq, p_id, p_feat), None
+        p_id, p_feat = self._reference_tokens(lq, batch_refs, mask)
+        keep = None
+        if masked and not present.all():
+            n_ref = p_id.shape[1] + p_feat.shape[1]
+            keep = torch.cat([present.new_ones(b, p_lq.shape[1]), present[:, None].expand(b, n_ref)], dim=1)
+        return self.fusion(p_lq, p_id, p_feat, keep), keep
+
+    def _reference_tokens(self, lq: torch.Tensor, batch_refs: ReferenceBatch,
+                          mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """p_F and p_I (null tokens in the rows without references)."""
         if self.backbone is None:
             raise HonestFaceError("references", "were given but no face backbone (ArcFace IResNet) is loaded",
                                   f"Load the model with the insightface recogniser '{self.config.features.backbone}.onnx'")
-        k = mask.shape[1]
+        b, k = mask.shape
         images, emb, ref_feat = batch_refs.images, batch_refs.embeddings, batch_refs.features
         if images is None and (emb is None or ref_feat is None):
             raise HonestFaceError("references", "have a mask but neither images nor precomputed embeddings and features",
@@ -201,19 +232,20 @@ class HonestFaceModel(nn.Module):
                     emb = self.backbone.embed(flat).unflatten(0, (b, k))
         p_id = self.identity_encoder(emb.to(device=lq.device, dtype=self.dtype), mask)
         p_feat = self.feature_extractor(lq_feat.to(self.dtype), ref_feat.to(device=lq.device, dtype=self.dtype), mask)
-        return self.fusion(p_lq, p_id, p_feat)
+        return p_id, p_feat
 
     # ------------------------------------------------------------------------------------------ restore
-    def restore_latent(self, z_lq: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """Scaled LQ latent (B, 4, h, w) + prompt -> restored scaled latent (one UNet call at t = 399)."""
-        return self.generator.denoise(z_lq, prompt)
+    def restore_latent(self, z_lq: torch.Tensor, prompt: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled LQ latent (B, 4, h, w) + prompt (+ the token mask of :meth:`encode_prompt_masked`) -> restored
+        scaled latent (one UNet call at t = 399)."""
+        return self.generator.denoise(z_lq, prompt, keep)
 
     def forward(self, lq: torch.Tensor, refs: RefsInput = None, clamp: bool = True) -> torch.Tensor:
         """Restore ``lq`` (B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1]."""
-        prompt = self.encode_prompt(lq, refs)
+        prompt, keep = self.encode_prompt_masked(lq, refs)
         with torch.no_grad():
             z_lq = self.generator.encode(lq)
-        return self.generator.decode(self.restore_latent(z_lq, prompt), clamp=clamp)
+        return self.generator.decode(self.restore_latent(z_lq, prompt, keep), clamp=clamp)
 
 
 def _check_image(x: torch.Tensor, name: str) -> None:

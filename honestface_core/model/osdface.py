@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -76,16 +77,35 @@ def infer_vre_config(state: dict[str, torch.Tensor]) -> VREConfig:
     )
 
 
-def load_osdface(folder: str | os.PathLike, base_path: str | os.PathLike, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, merge_lora: bool = False, lora_alpha: float | None = None,
-                 generator: GeneratorConfig | None = None) -> HonestFaceModel:
-    """Build a blind ``variant="osdface"`` model from OSDFace's three files in ``folder`` + the SD-2.1 base.
+@dataclass
+class OSDFaceFiles:
+    """OSDFace's three files, read and checked: VRE state (this package's key names), projector state, LoRA
+    state (normalised PEFT names) and its rank."""
 
-    Args:
-        lora_alpha: LoRA alpha; default = the file's rank (scale 1), as diffusers' ``load_lora_weights`` does for
-            OSDFace's file (rank 16, alpha 16).
-        generator: UNet/VAE configs for a single-file base checkpoint (default: the shipped SD-2.1-base configs).
-    """
+    folder: Path
+    vre: dict[str, torch.Tensor]
+    projector: dict[str, torch.Tensor]
+    lora: dict[str, torch.Tensor]
+    rank: int
+
+    def vre_config(self) -> VREConfig:
+        """The VRE sizes (and the projector width) the files hold; HonestFaceError if they describe no VRE."""
+        try:
+            vre = infer_vre_config(self.vre)
+            vre.projector_hidden = self.projector["conv1.weight"].shape[0]
+            return vre
+        except (KeyError, IndexError, ValueError, ZeroDivisionError) as exc:
+            raise HonestFaceError(f"OSDFace files in '{self.folder}'", f"do not describe an OSDFace model ({str(exc)[:200]})",
+                                  f"Use OSDFace's released {VRE_FILE} and {PROJECTOR_FILE}") from exc
+
+    @property
+    def prompt_dim(self) -> int:
+        return self.projector["conv2.weight"].shape[0]
+
+
+def read_osdface_files(folder: str | os.PathLike) -> OSDFaceFiles:
+    """Read OSDFace's three files in ``folder`` (MissingModelError for a missing one; HonestFaceError for a file
+    that is not OSDFace's or holds NaN / infinite values)."""
     folder = Path(folder)
     paths = {}
     for name in (VRE_FILE, LORA_FILE, PROJECTOR_FILE):
@@ -108,27 +128,40 @@ def load_osdface(folder: str | os.PathLike, base_path: str | os.PathLike, device
                               f"Use OSDFace's {LORA_FILE}") from exc
     for name, state in ((PROJECTOR_FILE, projector), (LORA_FILE, lora_file)):
         check_finite(state, f"OSDFace file '{paths[name]}'", f"Download OSDFace's {name} again (this copy is damaged)")
+    return OSDFaceFiles(folder, vre_state, projector, lora_state, rank)
+
+
+def load_osdface(folder: str | os.PathLike, base_path: str | os.PathLike, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, merge_lora: bool = False, lora_alpha: float | None = None,
+                 generator: GeneratorConfig | None = None) -> HonestFaceModel:
+    """Build a blind ``variant="osdface"`` model from OSDFace's three files in ``folder`` + the SD-2.1 base.
+
+    Args:
+        lora_alpha: LoRA alpha; default = the file's rank (scale 1), as diffusers' ``load_lora_weights`` does for
+            OSDFace's file (rank 16, alpha 16).
+        generator: UNet/VAE configs for a single-file base checkpoint (default: the shipped SD-2.1-base configs).
+    """
+    files = read_osdface_files(folder)
     gen = generator or GeneratorConfig()
-    try:  # sizes read from the files, checked (types and bounds) before anything is built
-        vre = infer_vre_config(vre_state)
-        vre.projector_hidden = projector["conv1.weight"].shape[0]
-        config = HonestFaceConfig(variant="osdface", prompt_dim=projector["conv2.weight"].shape[0], vre=vre,
-                                  lora=LoRAConfig(rank=rank, alpha=float(lora_alpha or rank), target_modules=()),
+    vre = files.vre_config()  # sizes read from the files, checked (types and bounds) before anything is built
+    try:
+        config = HonestFaceConfig(variant="osdface", prompt_dim=files.prompt_dim, vre=vre,
+                                  lora=LoRAConfig(rank=files.rank, alpha=float(lora_alpha or files.rank), target_modules=()),
                                   generator=gen)
-    except (KeyError, IndexError, ValueError, ZeroDivisionError) as exc:
-        raise HonestFaceError(f"OSDFace files in '{folder}'", f"do not describe an OSDFace model ({str(exc)[:200]})",
+    except ValueError as exc:
+        raise HonestFaceError(f"OSDFace files in '{files.folder}'", f"do not describe an OSDFace model ({str(exc)[:200]})",
                               f"Use OSDFace's released {VRE_FILE} and {PROJECTOR_FILE}") from exc
     unet, vae = load_base_model(base_path, gen.unet, gen.vae)
     config.generator = GeneratorConfig(timestep=gen.timestep, unet=dict(unet.config), vae=dict(vae.config),
                                        scheduler=gen.scheduler)
     model = HonestFaceModel(config, unet, vae)
     try:
-        model.vre.load_state_dict(vre_state, strict=True)
-        model.projector.load_state_dict(projector, strict=True)
-        lora_utils.apply_lora_state_dict(model.generator.unet, lora_state, config.lora.alpha, merge_lora)
+        model.vre.load_state_dict(files.vre, strict=True)
+        model.projector.load_state_dict(files.projector, strict=True)
+        lora_utils.apply_lora_state_dict(model.generator.unet, files.lora, config.lora.alpha, merge_lora)
         model.lora_merged = merge_lora
     except (RuntimeError, ValueError) as exc:
-        raise HonestFaceError(f"OSDFace files in '{folder}'", f"do not fit the model ({str(exc)[:300]})",
+        raise HonestFaceError(f"OSDFace files in '{files.folder}'", f"do not fit the model ({str(exc)[:300]})",
                               "Use OSDFace's release files with an SD-2.1-base model") from exc
     model.freeze_base()
     return model.to(device=device, dtype=dtype).eval()
