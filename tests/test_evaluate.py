@@ -129,15 +129,22 @@ def test_report_rows_counts_and_columns(report):
     assert report["no_face_in_ground_truth"] == 1
     assert report["no_face_found"] == report["no_face_in_ground_truth"] + report["no_landmarks_found"]
     assert report["images"] == 3 and report["evaluated"] == 3 - report["no_face_found"]
-    for col in ("PSNR", "SSIM", "Deg.", "L2-LD", "ALD", "ALD-e", "ALD-m"):
+    hypothesis = ("ALD-e sum (hypothesis)", "ALD-m sum (hypothesis)")
+    for col in ("PSNR", "SSIM", "Deg.", "L2-LD", "ALD (ours)", "ALD-e (ours)", "ALD-m (ours)") + hypothesis:
         assert col in report["columns"] and col in COLUMNS
         assert np.isfinite(rows["a"][col])
-    assert rows["a"]["ALD"] < 3.0 and rows["a"]["PSNR"] > 25
+    # our ALD is labelled as ours everywhere; the paper's ALD-e / ALD-m names never hold our numbers
+    assert not {"ALD", "ALD-e", "ALD-m"} & set(report["columns"]) and not {"ALD", "ALD-e", "ALD-m"} & set(rows["a"])
+    assert report["columns"][-2:] == list(hypothesis)  # after every paper column and ours
+    assert rows["a"]["ALD-e sum (hypothesis)"] == pytest.approx(36 * rows["a"]["ALD-e (ours)"])
+    assert rows["a"]["ALD-m sum (hypothesis)"] == pytest.approx(20 * rows["a"]["ALD-m (ours)"])
+    assert report["meta"]["landmarks"].startswith("dlib68 (DlibLandmarks")  # chosen explicitly: no auto note
+    assert rows["a"]["ALD (ours)"] < 3.0 and rows["a"]["PSNR"] > 25
     # a different person (paired with the ground truth's alignment) is much worse on every axis
     b = rows["b"]
     assert b["PSNR"] < rows["a"]["PSNR"] and b["Deg."] > rows["a"]["Deg."] + 20
     if b["status"] == "ok":
-        assert b["ALD"] > 2 * rows["a"]["ALD"]
+        assert b["ALD (ours)"] > 2 * rows["a"]["ALD (ours)"]
     assert "sface" in report["meta"]["identity_encoder"]
     assert any(s.startswith("LPIPS skipped: weight file alexnet-owt-7be5be79.pth missing, put it in") for s in report["skipped"])
     assert not any(s.startswith("DISTS") for s in report["skipped"])
@@ -156,9 +163,9 @@ def test_report_formats(report, tmp_path):
     data = json.loads(write_report(report, tmp_path / "r.json").read_text())
     assert data["no_face_found"] == report["no_face_found"] and data["rows"][2]["status"].startswith("no face")
     rows = list(csv.reader(io.StringIO(report_to_csv(report))))
-    assert rows[0][:2] == ["file", "status"] and "ALD-e" in rows[0] and rows[-1][0] == "mean" and len(rows) == 5
+    assert rows[0][:2] == ["file", "status"] and "ALD-e (ours)" in rows[0] and rows[-1][0] == "mean" and len(rows) == 5
     md = report_to_markdown(report)
-    assert "| **mean** |" in md and "ALD-m" in md and "no face found: 1" in md
+    assert "| **mean** |" in md and "ALD-m (ours)" in md and "ALD-m sum (hypothesis)" in md and "no face found: 1" in md
     with pytest.raises(Exception, match="unknown extension"):
         write_report(report, tmp_path / "r.txt")
 
@@ -278,3 +285,16 @@ def test_cli_overwrite_replaces_an_existing_report(tmp_path, crops, capsys):
     assert main([*args, "--overwrite"]) == 0
     assert json.loads(out.read_text())["rows"][0]["file"] == "p" and f"wrote {out}" in capsys.readouterr().out
     assert out.stat().st_mode & 0o777 == 0o640 and sorted(p.name for p in tmp_path.iterdir()) == ["gt", "report.json", "res"]
+
+
+def test_landmarks_auto_is_prior_works_awing_when_present(tmp_path):
+    """``--landmarks auto`` (the default) is wflw98 when facexlib's AWing file is there, else dlib68 with the reason."""
+    from honestface_core.metrics.evaluate import resolve_landmarks
+
+    scheme, note = resolve_landmarks("auto", tmp_path)
+    assert scheme == "dlib68" and "alignment_WFLW_4HG.pth not found" in note and str(tmp_path / "facexlib") in note
+    (tmp_path / "facexlib").mkdir()
+    (tmp_path / "facexlib" / "alignment_WFLW_4HG.pth").write_bytes(b"x")
+    scheme, note = resolve_landmarks("auto", tmp_path)
+    assert scheme == "wflw98" and "AWing" in note and "LMD" in note
+    assert resolve_landmarks("dlib68", tmp_path) == ("dlib68", "dlib68")

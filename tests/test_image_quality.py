@@ -1,4 +1,5 @@
-"""PSNR / SSIM on Y against scikit-image; LPIPS through its real loading path; clear skips for missing weights."""
+"""PSNR / SSIM on Y against scikit-image; LPIPS through its real loading path; FID equal to pytorch-fid's; clear
+skips for missing weights."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from honestface_core.errors import HonestFaceError
+from honestface_core.metrics import fid
 from honestface_core.metrics import image_quality as iq
 
 
@@ -65,8 +67,9 @@ def test_missing_weights_are_skipped_not_downloaded(tmp_path, monkeypatch):
     pytest.importorskip("lpips")
     with pytest.raises(iq.MetricUnavailable, match=r"LPIPS skipped: weight file alexnet-owt-7be5be79.pth missing, put it in"):
         iq.LPIPSMetric.load("alex", models_dir=tmp_path / "models")
-    with pytest.raises(iq.MetricUnavailable, match=r"FID skipped: weight file inception_v3_google-0cc3c7bd.pth missing"):
-        iq.InceptionFeatures(tmp_path / "models")
+    with pytest.raises(iq.MetricUnavailable, match=r"FID skipped: weight file pt_inception-2015-12-05-6726825d.pth "
+                                                    r"\(pytorch-fid's Inception\) missing, put it in .*models/fid"):
+        fid.FIDInceptionFeatures(tmp_path / "models")
     assert not (tmp_path / "torch").exists()  # nothing fetched or created
 
 
@@ -90,27 +93,83 @@ def test_frechet_distance_known_case():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, (4000, 3))
     b = rng.normal(0, 1, (4000, 3)) + [2.0, 0, 0]
-    assert iq.frechet_distance(a, b) == pytest.approx(4.0, abs=0.25)  # |mu1-mu2|^2 with equal covariances
-    assert iq.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert fid.frechet_distance(a, b) == pytest.approx(4.0, abs=0.25)  # |mu1-mu2|^2 with equal covariances
+    assert fid.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_fid_features_real_loading_path_with_random_weights(tmp_path):
-    """A random-weight Inception-v3 file in torchvision's format loads through the real path; FID enters the report."""
-    from torchvision.models import inception_v3
-
-    from honestface_core.metrics.evaluate import build_report
+def _pytorch_fid_random_weights(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A random-weight state dict in pytorch-fid's file format, built with pytorch-fid's own classes (as its
+    ``fid_inception_v3`` builds the network). BatchNorm statistics are set from ``images`` (N, 3, 299, 299) in
+    [-1, 1], so the features are well scaled and differ per image (random BN-free weights would shrink them to ~0)."""
+    from pytorch_fid import inception as pfi
 
     torch.manual_seed(0)
-    (tmp_path / "torchvision").mkdir()
-    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(),
-               tmp_path / "torchvision" / iq.TV_FILES["inception"])
-    feats = iq.InceptionFeatures(tmp_path)(torch.rand(3, 64, 64, 3))
-    assert feats.shape == (3, 2048) and np.isfinite(feats).all()
-    rows = [{"file": f"f{i}", "status": "ok", "notes": [], "PSNR": 30.0 + i, "_inception": feats[[i, (i + 1) % 3]]}
-            for i in range(3)]
-    report = build_report(rows, {}, [])
-    assert "FID" in report["columns"] and report["mean"]["FID"] >= 0 and report["mean"]["PSNR"] == pytest.approx(31.0)
-    assert all("_inception" not in r for r in report["rows"])
+    net = pfi._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    for name, block in (("Mixed_5b", pfi.FIDInceptionA(192, 32)), ("Mixed_5c", pfi.FIDInceptionA(256, 64)),
+                        ("Mixed_5d", pfi.FIDInceptionA(288, 64)), ("Mixed_6b", pfi.FIDInceptionC(768, 128)),
+                        ("Mixed_6c", pfi.FIDInceptionC(768, 160)), ("Mixed_6d", pfi.FIDInceptionC(768, 160)),
+                        ("Mixed_6e", pfi.FIDInceptionC(768, 192)), ("Mixed_7b", pfi.FIDInceptionE_1(1280)),
+                        ("Mixed_7c", pfi.FIDInceptionE_2(2048))):
+        setattr(net, name, block)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the one calibration batch
+    with torch.no_grad():
+        net.train()(images)
+    return net.eval().state_dict()
+
+
+def test_fid_equals_pytorch_fid_on_the_same_files(tmp_path, monkeypatch, photos_dir, astronaut):
+    """``honestface evaluate`` FID (aligned 512 crops) equals pytorch-fid's ``calculate_fid_given_paths`` on the same
+    PNG files with the same random weights file (8 real photo crops vs degraded copies).
+
+    Tolerance: both run the same float32 network on the same pixels and the same float64 statistics (np.cov,
+    scipy's sqrtm). Only the order of float32 sums inside the convolutions can differ (batch of 2 per pair here, 8
+    there; CPU kernels): measured, a different conv kernel (channels-last input) moved the features by 6e-5 of their
+    scale and FID by 4e-7 relative; on this machine the two are equal to the last bit. rel=2e-6 allows that with
+    margin, while torchvision's pooling (count_include_pad) changes FID by 10 % and an antialiased resize by 60 %."""
+    pfs = pytest.importorskip("pytorch_fid.fid_score")
+    import cv2
+
+    from honestface_core.metrics.evaluate import evaluate_folders
+    from skimage import data
+
+    photos = [cv2.imread(str(p))[..., ::-1] for p in sorted(photos_dir.glob("*.jpg"))]
+    photos += [astronaut, data.chelsea(), data.coffee(), data.rocket()]
+    rng = np.random.default_rng(0)
+    gt, restored = [], []
+    for im in photos:
+        h, w = im.shape[:2]
+        s = min(h, w)
+        crop = cv2.resize(np.ascontiguousarray(im[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]),
+                          (512, 512), interpolation=cv2.INTER_AREA)
+        noisy = cv2.GaussianBlur(crop, (0, 0), 3) + rng.normal(0, 8, crop.shape)
+        gt.append(crop)
+        restored.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    for name, ims in (("gt", gt), ("restored", restored)):
+        (tmp_path / name).mkdir()
+        for i, im in enumerate(ims):
+            cv2.imwrite(str(tmp_path / name / f"{i}.png"), im[..., ::-1])
+    x = torch.from_numpy(np.stack(gt + restored)).permute(0, 3, 1, 2).float() / 255
+    x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+    hub = tmp_path / "torch" / "hub" / "checkpoints"  # pytorch-fid's own cache: it loads from here, no download
+    hub.mkdir(parents=True)
+    torch.save(_pytorch_fid_random_weights(x), hub / fid.FID_FILE)
+    (tmp_path / "models" / "fid").mkdir(parents=True)
+    (tmp_path / "models" / "fid" / fid.FID_FILE).write_bytes((hub / fid.FID_FILE).read_bytes())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    theirs = pfs.calculate_fid_given_paths([str(tmp_path / "restored"), str(tmp_path / "gt")], 50, "cpu", 2048, 0)
+    report = evaluate_folders(tmp_path / "restored", tmp_path / "gt", landmarks="dlib68", models_dir=tmp_path / "models",
+                              aligned=True, identity="none", progress=False, quality=[])
+    ours = report["mean"]["FID"]
+    print(f"FID ours {ours!r} pytorch-fid {theirs!r} relative difference {ours / theirs - 1:.2e}")
+    assert theirs > 10  # degraded copies are far from the originals even with random weights
+    assert ours == pytest.approx(theirs, rel=2e-6)
+    assert "FID" in report["columns"] and all("_inception" not in r for r in report["rows"])
+    assert fid.FID_FILE in report["meta"]["fid"] and not any(s.startswith("FID") for s in report["skipped"])
+    assert str((tmp_path / "models" / "fid" / fid.FID_FILE)) == str(fid.FIDInceptionFeatures(tmp_path / "models").path)
 
 
 def test_dists_real_loading_path_and_properties(dists_files, astronaut):
@@ -156,9 +215,13 @@ def test_corrupt_or_wrong_backbone_files_are_named(tmp_path):
     folder.mkdir()
     full = folder / iq.TV_FILES["alex"]
     torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, full)
-    (folder / iq.TV_FILES["inception"]).write_bytes(full.read_bytes()[:100])  # truncated
-    with pytest.raises(HonestFaceError, match=r"inception_v3_google-0cc3c7bd\.pth.*cannot be read as torchvision's Inception"):
-        iq.InceptionFeatures(tmp_path)
+    (tmp_path / "fid").mkdir()
+    (tmp_path / "fid" / fid.FID_FILE).write_bytes(full.read_bytes()[:100])  # truncated
+    with pytest.raises(HonestFaceError, match=r"pt_inception-2015-12-05-6726825d\.pth.*cannot be read as pytorch-fid's"):
+        fid.FIDInceptionFeatures(tmp_path)
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)}, tmp_path / "fid" / fid.FID_FILE)
+    with pytest.raises(HonestFaceError, match=r"does not match pytorch-fid's Inception .*missing keys"):
+        fid.FIDInceptionFeatures(tmp_path)
     with pytest.raises(HonestFaceError, match=r"has no 'features.0.bias'"):
         iq.LPIPSMetric.load("alex", models_dir=tmp_path)
     with pytest.raises(HonestFaceError, match=r"does not match torchvision's VGG16 .*missing keys: 0.bias"):

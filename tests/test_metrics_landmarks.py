@@ -1,4 +1,5 @@
-"""L2-LD / ALD / ALD-e / ALD-m (SPEC §2): invariances, locality, hand-computed cases, batch vs single, bad input."""
+"""L2-LD / ALD / ALD-e / ALD-m (ours) and the ALD sum hypothesis: invariances, locality, hand-computed cases, batch
+vs single, bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from honestface_core.errors import HonestFaceError
-from honestface_core.metrics import fit_affine, get_scheme, landmark_distances
+from honestface_core.metrics import apply_affine, fit_affine, get_scheme, landmark_distances
 
 SCHEME_NAMES = ["wflw98", "ins106", "ibug68"]
 
@@ -108,6 +109,24 @@ def test_hand_computed_scheme_case():
     assert landmark_distances(pred2, gt, "ins68")["l2_ld"] == pytest.approx(5.0)
 
 
+def test_sum_hypothesis_is_region_sums_of_affine_residuals_with_wflw_sizes():
+    """wflw98: ald_e_sum / ald_m_sum are the plain sums of the residuals after the affine fit over the 36 eye/brow/
+    pupil and 20 lip points; other schemes keep that scale (region mean x 36 / x 20)."""
+    rng = np.random.default_rng(5)
+    gt = _random_face(rng, 98)
+    pred = gt @ np.array([[1.1, 0.2], [-0.1, 0.9]]).T + rng.normal(0, 1.5, gt.shape)
+    r = landmark_distances(pred, gt, "wflw98")
+    res = np.linalg.norm(apply_affine(pred, *fit_affine(pred, gt)) - gt, axis=-1)
+    scheme = get_scheme("wflw98")
+    assert (len(scheme.eyes), len(scheme.mouth)) == (36, 20)
+    assert r["ald_e_sum"] == pytest.approx(res[scheme.eyes_index].sum(), rel=1e-12)
+    assert r["ald_m_sum"] == pytest.approx(res[scheme.mouth_index].sum(), rel=1e-12)
+    assert r["ald_e"] == pytest.approx(res[scheme.eyes_index].mean(), rel=1e-12)  # ours stays the mean
+    g68, p68 = gt[:68], pred[:68]
+    r68 = landmark_distances(p68, g68, "dlib68")
+    assert r68["ald_e_sum"] == pytest.approx(36 * r68["ald_e"]) and r68["ald_m_sum"] == pytest.approx(20 * r68["ald_m"])
+
+
 def test_batch_equals_single_and_nan_rows():
     rng = np.random.default_rng(4)
     gt = rng.uniform(0, 512, (6, 106, 2))
@@ -116,7 +135,7 @@ def test_batch_equals_single_and_nan_rows():
     batch = landmark_distances(pred, gt, "ins106")
     for i in range(6):
         single = landmark_distances(pred[i], gt[i], "ins106")
-        for k in ("l2_ld", "ald", "ald_e", "ald_m"):
+        for k in ("l2_ld", "ald", "ald_e", "ald_m", "ald_e_sum", "ald_m_sum"):
             if i == 3:
                 assert np.isnan(batch[k][i]) and np.isnan(single[k])
             else:

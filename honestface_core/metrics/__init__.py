@@ -1,6 +1,6 @@
-"""Evaluation metrics: landmark distances (L2-LD, ALD, ALD-e, ALD-m), Deg / Ref-Deg, image metrics, and the
-dataset evaluation behind ``honestface evaluate``. Importing this package loads numpy only (``deg`` / ``ref_deg``
-load torch on first use)."""
+"""Evaluation metrics: landmark distances (L2-LD; our ALD, ALD-e, ALD-m; the ALD sum hypothesis), Deg / Ref-Deg,
+image metrics (FID as pytorch-fid computes it in :mod:`.fid`), and the dataset evaluation behind
+``honestface evaluate``. Importing this package loads numpy only (``deg`` / ``ref_deg`` load torch on first use)."""
 
 from .landmark_distance import apply_affine, fit_affine, landmark_distances, rescale_landmarks
 from .schemes import SCHEMES, LandmarkScheme, get_scheme

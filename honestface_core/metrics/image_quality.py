@@ -6,9 +6,8 @@ literature, our choice: ITU-R BT.601 luma ``Y = 16 + 65.481 R + 128.553 G + 24.9
 
 Only when their weight files are on disk (never downloaded): LPIPS (the ``lpips`` package, whose linear layers ship
 in its wheel, plus torchvision's ImageNet AlexNet/VGG16 backbone file), DISTS (our implementation; torchvision's
-VGG16 file plus the ``alpha``/``beta`` file ``weights.pt`` of ``DISTS_pytorch``) and FID (torchvision's Inception-v3
-file; our choice of feature extractor, so FID values are comparable among runs of this tool, not with pytorch-fid's
-numbers). The no-reference metrics (MUSIQ, C-IQA, M-IQA) are in :mod:`.no_reference`.
+VGG16 file plus the ``alpha``/``beta`` file ``weights.pt`` of ``DISTS_pytorch``). FID (pytorch-fid's network and
+file) is in :mod:`.fid`, the no-reference metrics (MUSIQ, C-IQA, M-IQA) in :mod:`.no_reference`.
 """
 
 from __future__ import annotations
@@ -17,19 +16,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import HonestFaceError
-from ..weight_files import load_weights, read_state_dict
+from ..weight_files import read_state_dict
 from .vgg16 import VGG16_FILE, load_vgg16_features, vgg16_features, vgg16_taps
 
 # torchvision ImageNet weight files, as torchvision names them in its download cache
 TV_FILES = {
     "alex": "alexnet-owt-7be5be79.pth",
     "vgg": VGG16_FILE,
-    "inception": "inception_v3_google-0cc3c7bd.pth",
 }
 
 
@@ -246,45 +243,3 @@ class DISTSMetric(torch.nn.Module):
         dev = self.alpha.device
         return self.distance(restored.permute(0, 3, 1, 2).to(dev, torch.float32),
                              gt.permute(0, 3, 1, 2).to(dev, torch.float32)).cpu().double()
-
-
-class InceptionFeatures:
-    """torchvision Inception-v3 pool features (2048-d) from a local weight file, for FID (our choice of network)."""
-
-    def __init__(self, models_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
-        from torchvision.models import inception_v3
-
-        path = find_weight_file(TV_FILES["inception"], models_dir)
-        if path is None:
-            raise MetricUnavailable(f"FID skipped: weight file {TV_FILES['inception']} missing, put it in "
-                                    f"'{torch_checkpoints_dir()}'" + (f" or '{Path(models_dir) / 'torchvision'}'" if models_dir else ""))
-        net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-        what = f"torchvision's Inception-v3 ({TV_FILES['inception']})"
-        load_weights(net, read_state_dict(path, what), path, what)
-        net.fc = torch.nn.Identity()
-        self.net = net.eval().to(device)
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
-        dev = next(self.net.parameters()).device
-        x = images.permute(0, 3, 1, 2).to(dev, torch.float32)
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False, antialias=True)
-        mean = torch.tensor([0.485, 0.456, 0.406], device=dev).view(1, 3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225], device=dev).view(1, 3, 1, 1)
-        return self.net((x - mean) / std).double().cpu().numpy()
-
-
-def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets ``(N, D)`` (needs N >= 2 each)."""
-    from scipy import linalg
-
-    if len(feats_a) < 2 or len(feats_b) < 2:
-        raise HonestFaceError("FID", "needs at least 2 images in each set", "Evaluate a larger set")
-    mu1, mu2 = feats_a.mean(0), feats_b.mean(0)
-    s1, s2 = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        eps = np.eye(len(s1)) * 1e-6
-        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = np.real(covmean)
-    return max(0.0, float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)))  # no round-off < 0

@@ -1,9 +1,14 @@
-"""L2-LD, ALD, ALD-e and ALD-m between two landmark sets (SPEC §2), vectorised over a batch.
+"""L2-LD, ALD, ALD-e and ALD-m between two landmark sets (docs/evaluation.md, "The metrics"), vectorised over a batch.
 
-SPEC §2 is our definition (the paper's formula is not available): fit the least-squares 2-D affine map from the
+ALD is our definition (the paper's formula is not available): fit the least-squares 2-D affine map from the
 restored landmarks P to the ground-truth landmarks Q over all points, apply it, and average the remaining
 point distances over all points (ALD), the eye+brow points (ALD-e) or the lip points (ALD-m). L2-LD is the plain
 mean distance without the fit. Coordinates are pixels of a 512x512 aligned crop; other sizes are rescaled to 512.
+
+Hypothesis (ours, never the paper's numbers): the paper's ALD-e / ALD-m scale fits region *sums* of the same
+residuals better than means. ``ald_e_sum`` / ``ald_m_sum`` are the region means times the WFLW region sizes (36 eye,
+brow and pupil points, 20 lip points): the plain sums for ``wflw98``, the same scale for the other schemes
+(docs/evaluation.md, "ALD scale").
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..errors import HonestFaceError
-from .schemes import LandmarkScheme, get_scheme
+from .schemes import WFLW98, LandmarkScheme, get_scheme
 
 EVAL_SIZE = 512
 Size = Union[float, Sequence[float], None]
@@ -70,7 +75,7 @@ def apply_affine(points, a: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def landmark_distances(pred, gt, scheme: str | LandmarkScheme | None = None,
                        image_size: Size = None) -> dict[str, float | np.ndarray]:
-    """L2-LD, ALD, ALD-e and ALD-m (SPEC §2) between predicted (restored) and ground-truth landmarks.
+    """L2-LD, ALD, ALD-e and ALD-m (ours) and the hypothesis columns between predicted (restored) and ground-truth landmarks.
 
     Args:
         pred: restored-face landmarks, ``(N, 2)`` or ``(B, N, 2)`` pixel ``(x, y)``.
@@ -80,8 +85,9 @@ def landmark_distances(pred, gt, scheme: str | LandmarkScheme | None = None,
             None means they already are 512-crop pixels.
 
     Returns:
-        ``{"l2_ld", "ald", "ald_e", "ald_m"}``: floats for ``(N, 2)`` input, ``(B,)`` arrays for a batch.
-        A pair with any NaN coordinate (no face / no landmarks) gives NaN for all four.
+        ``{"l2_ld", "ald", "ald_e", "ald_m", "ald_e_sum", "ald_m_sum"}``: floats for ``(N, 2)`` input, ``(B,)``
+        arrays for a batch. ``ald_e_sum`` / ``ald_m_sum`` = ``ald_e`` x 36 / ``ald_m`` x 20 (WFLW region sizes; our
+        hypothesis of the paper's scale). A pair with any NaN coordinate (no face / no landmarks) gives NaN for all.
     """
     p = _as_points(pred, "pred")
     q = _as_points(gt, "gt")
@@ -99,6 +105,8 @@ def landmark_distances(pred, gt, scheme: str | LandmarkScheme | None = None,
         part = _distances(p[i:i + _CHUNK], q[i:i + _CHUNK], sch.eyes_index, sch.mouth_index)
         for k, v in part.items():
             out[k][i:i + _CHUNK] = v
+    out["ald_e_sum"] = out["ald_e"] * len(WFLW98.eyes)
+    out["ald_m_sum"] = out["ald_m"] * len(WFLW98.mouth)
     if single:
         return {k: float(v[0]) for k, v in out.items()}
     return out

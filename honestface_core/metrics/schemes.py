@@ -11,8 +11,8 @@ Layouts (facts, checked against the public datasets/models):
   68 points: 0-16 jaw, 17-21 and 22-26 the brows, 27-35 nose, 36-41 and 42-47 the eyes, 48-59 outer lips,
   60-67 inner lips.
 
-Regions as SPEC §2 defines them: **eyes = both eyes and both brows** (plus the WFLW pupils: they are eye points,
-our choice), **mouth = outer and inner lips**.
+Regions as docs/evaluation.md defines them: **eyes = both eyes and both brows** (plus the WFLW pupils: they are
+eye points, our choice), **mouth = outer and inner lips**.
 """
 
 from __future__ import annotations
