@@ -130,18 +130,19 @@ class SFaceEncoder:
         return _normalize(np.concatenate(feats), crops.device)
 
 
-def _as_2d(x: torch.Tensor, name: str) -> torch.Tensor:
+def _as_2d(x: torch.Tensor, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.dim() == 1:
         x = x[None]
     if x.dim() != 2:
         raise HonestFaceError(name, f"expected embeddings of shape (N, D), got {tuple(x.shape)}", "Pass identity embeddings")
-    return x.float()
+    return x.to(dtype)
 
 
-def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise cosine similarity ``(N, M)`` of embeddings ``a`` (N, D) and ``b`` (M, D) (1-D means one row)."""
-    a, b = _as_2d(a, "embeddings a"), _as_2d(b, "embeddings b")
+def cosine_similarity(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Pairwise cosine similarity ``(N, M)`` of embeddings ``a`` (N, D) and ``b`` (M, D) (1-D means one row),
+    computed in ``dtype``."""
+    a, b = _as_2d(a, "embeddings a", dtype), _as_2d(b, "embeddings b", dtype)
     if a.shape[1] != b.shape[1]:
         raise HonestFaceError("embeddings", f"dimensions differ ({a.shape[1]} vs {b.shape[1]})",
                               "Compare embeddings made by the same identity encoder")
@@ -149,5 +150,11 @@ def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise angle in degrees ``(N, M)`` between embeddings: the "Deg." metric, ``degrees(arccos(cos))``."""
-    return torch.rad2deg(torch.arccos(cosine_similarity(a, b).clamp(-1.0, 1.0)))
+    """Pairwise angle in degrees ``(N, M)`` between embeddings: the "Deg." metric, ``degrees(arccos(cos))``.
+
+    The cosine is taken in float64 on the CPU: float32 arccos cannot resolve angles below ~0.02 degrees
+    (1 - cos < 6e-8), so an embedding against itself gave 0 or 0.02-0.06 degrees depending on summation order.
+    Returns float32 on ``a``'s device."""
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    cos = cosine_similarity(a.cpu(), b.cpu(), torch.float64)
+    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0))).to(a.device, torch.float32)
