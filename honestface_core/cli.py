@@ -17,7 +17,8 @@ from .errors import HonestFaceError
 from .model_paths import BUNDLED_FALLBACKS, MODEL_FILES, bundled_model_path, default_models_dir
 
 #: modules that add their own subcommand (``add_parser(subparsers)``), e.g. restore, evaluate, bench.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("honestface_core.metrics.evaluate", "honestface_core.restore_cli", "honestface_core.bench")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("honestface_core.metrics.evaluate", "honestface_core.restore_cli", "honestface_core.bench",
+                                         "honestface_core.bench_pasteback")
 
 
 def check_models(models_dir: Path) -> list[str]:

@@ -5,13 +5,16 @@ Everything runs in torch on the images' device; the inputs are never modified.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .alignment import invert_affine, warp_affine
+from .alignment import (affine_scale, invert_affine, resize_matrix, shrink_opencv, shrink_torch, uses_opencv,
+                        warp_affine, warp_affine_opencv)
 from .errors import HonestFaceError
 from .parsing import feathered_mask
 
@@ -64,6 +67,49 @@ def color_correct(crops: torch.Tensor, reference: torch.Tensor, mode: str = "non
     return adain_color(crops, reference) if mode == "adain" else wavelet_color(crops, reference)
 
 
+@functools.lru_cache(maxsize=8)
+def default_mask(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The :func:`feathered_mask` ``(S, S)`` paste-back mask, built once per size, device and dtype (shared: do
+    not modify it)."""
+    return feathered_mask(size, 1, device, dtype=dtype)[0]
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Where one crop lands: image ``b``, window ``[y0:y1, x0:x1]``, the side the crop is first shrunk to
+    (0 = not shrunk) and the ``(2, 3)`` map from (shrunk) crop pixels to window pixels."""
+
+    b: int
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    shrink: int
+    m: np.ndarray
+
+
+def _windows(inv: np.ndarray, index: list[int], s: int, h: int, w: int) -> list[_Window]:
+    """Host-side plan of every crop's paste window (crops wholly outside their image are left out).
+
+    Sampling is bicubic (our choice, sharper round trip); a crop more than twice the face's size in the image
+    is first shrunk with antialiasing to 2x the target scale so restored detail does not alias."""
+    corners = np.array([[-0.5, -0.5, 1], [s - 0.5, -0.5, 1], [-0.5, s - 0.5, 1], [s - 0.5, s - 0.5, 1]])
+    plans = []
+    for inv_i, b, scale in zip(inv, index, affine_scale(inv)):
+        foot = corners @ inv_i.T
+        x0, y0 = max(0, math.floor(foot[:, 0].min())), max(0, math.floor(foot[:, 1].min()))
+        x1, y1 = min(w, math.ceil(foot[:, 0].max()) + 1), min(h, math.ceil(foot[:, 1].max()) + 1)
+        if x1 <= x0 or y1 <= y0:
+            plans.append(None)
+            continue
+        m = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1]]) @ np.vstack([inv_i, [0, 0, 1]])
+        shrink = max(2, round(s * scale * 2.0)) if scale < 0.5 else 0
+        if shrink:
+            m = m @ np.linalg.inv(resize_matrix(shrink / s, shrink / s))
+        plans.append(_Window(b, x0, y0, x1, y1, shrink, m[:2]))
+    return plans
+
+
 def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor, image_index: torch.Tensor,
                masks: torch.Tensor | None = None, color_correction: str = "none",
                reference_crops: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,13 +120,17 @@ def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor
         crops: ``(N, S, S, 3)`` restored crops.
         matrices: ``(N, 2, 3)`` image pixels -> crop pixels (as from :func:`~honestface_core.alignment.align_faces`).
         image_index: ``(N,)`` the image each crop belongs to (any number of faces per image).
-        masks: ``(N, S, S)`` soft masks in [0, 1] (crop space); default :func:`feathered_mask`.
+        masks: ``(N, S, S)`` soft masks in [0, 1] (crop space); default :func:`default_mask` for every crop.
         color_correction: ``"none"``, ``"adain"`` or ``"wavelet"``, toward ``reference_crops``.
         reference_crops: ``(N, S, S, 3)`` the original aligned crops (needed by colour correction).
 
     Returns:
         New ``(B, H, W, 3)`` tensor; faces are composited in order (a later face overlaps an earlier one).
         Pixels where every mask is 0 are copied unchanged.
+
+    Matrices and indices are read back to the host once per call (never per face); each crop is warped only
+    over its own window of the image. CPU float32 images use OpenCV (:func:`~honestface_core.alignment.uses_opencv`),
+    other devices ``grid_sample``.
     """
     if images.dim() != 4 or crops.dim() != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
         raise HonestFaceError("paste back", f"expected images (B,H,W,3) and crops (N,S,S,3), got {tuple(images.shape)} and "
@@ -89,42 +139,56 @@ def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor
     if matrices.shape[0] != n or len(image_index) != n:
         raise HonestFaceError("paste back", f"{n} crops but {matrices.shape[0]} matrices and {len(image_index)} image indices",
                               "Pass the matrices and image_index that came with the crops")
-    out = images.clone()
+    out = images.detach().clone(memory_format=torch.contiguous_format)
     if n == 0:
         return out
     dev, dtype = images.device, images.dtype
     crops = color_correct(crops.to(dev, dtype), reference_crops, color_correction)
-    masks = feathered_mask(s, n, dev, dtype=dtype) if masks is None else masks.to(dev, dtype)
+    masks = default_mask(s, dev, dtype).expand(n, s, s) if masks is None else masks.to(dev, dtype)
     if masks.shape != (n, s, s):
         raise HonestFaceError("paste back masks", f"expected shape {(n, s, s)}, got {tuple(masks.shape)}", "Pass one (S, S) mask per crop")
     b_count, h, w = images.shape[:3]
-    inv = invert_affine(torch.as_tensor(matrices).to(torch.float64).cpu()).numpy()  # crop pixels -> image pixels
-    index = torch.as_tensor(image_index).long().cpu().tolist()
-    corners = np.array([[-0.5, -0.5, 1], [s - 0.5, -0.5, 1], [-0.5, s - 0.5, 1], [s - 0.5, s - 0.5, 1]])
-    rgba = torch.cat([crops.permute(0, 3, 1, 2), masks[:, None]], dim=1)
-    for i in range(n):
-        b = index[i]
-        if not 0 <= b < b_count:
-            raise HonestFaceError("paste back", f"crop {i} refers to image {b} but the batch has {b_count}", "Pass the matching image_index")
-        foot = corners @ inv[i].T
-        x0, y0 = max(0, math.floor(foot[:, 0].min())), max(0, math.floor(foot[:, 1].min()))
-        x1, y1 = min(w, math.ceil(foot[:, 0].max()) + 1), min(h, math.ceil(foot[:, 1].max()) + 1)
-        if x1 <= x0 or y1 <= y0:
-            continue  # the crop lies entirely outside its image
-        # crop pixels -> window pixels; sample the crop at every window pixel
-        m = torch.from_numpy(np.vstack([inv[i], [0, 0, 1]]))
-        m = (torch.tensor([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1]], dtype=torch.float64) @ m)[:2]
-        # bicubic sampling (our choice, sharper round trip); a crop more than twice the face's size in the image
-        # is first shrunk with antialiasing to 2x the target scale so restored detail does not alias
-        src = rgba[i:i + 1]
-        scale = math.sqrt(abs(np.linalg.det(inv[i][:, :2])))
-        if scale < 0.5:
-            size = max(2, round(s * scale * 2.0))
-            src = F.interpolate(src, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            f = size / s
-            m = m @ torch.tensor([[1 / f, 0, 0.5 / f - 0.5], [0, 1 / f, 0.5 / f - 0.5], [0, 0, 1]], dtype=torch.float64)
-        warped = warp_affine(src, m[None], (y1 - y0, x1 - x0), mode="bicubic", padding_mode="zeros")[0]
-        face, alpha = warped[:3].permute(1, 2, 0), warped[3:].permute(1, 2, 0).clamp(0, 1)
-        region = out[b, y0:y1, x0:x1]
-        out[b, y0:y1, x0:x1] = region + alpha * (face - region)
+    index = torch.as_tensor(image_index).tolist()
+    bad = [i for i, b in enumerate(index) if not 0 <= b < b_count]
+    if bad:
+        raise HonestFaceError("paste back", f"crop {bad[0]} refers to image {index[bad[0]]} but the batch has {b_count}",
+                              "Pass the matching image_index")
+    inv = invert_affine(torch.as_tensor(matrices).detach().to("cpu", torch.float64).numpy())  # crop -> image pixels
+    paste = _paste_opencv if uses_opencv(out) else _paste_torch
+    paste(out, crops, masks, _windows(inv, index, s, h, w))
     return out
+
+
+def _paste_opencv(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, windows: list[_Window | None]) -> None:
+    """Composite on CPU float32 through numpy views of ``out`` (in place, no copies of the image); each crop and
+    its mask go through one reused RGBA buffer (a shared mask, such as the default one, is copied in once)."""
+    out_np, crops_np = out.numpy(), crops.detach().contiguous().numpy()
+    shared_mask = masks.stride(0) == 0
+    masks_np = masks.detach()[:1].contiguous().numpy() if shared_mask else masks.detach().contiguous().numpy()
+    rgba = np.empty((*crops_np.shape[1:3], 4), np.float32)
+    if shared_mask:
+        rgba[..., 3] = masks_np[0]
+    for i, win in enumerate(windows):
+        if win is None:
+            continue
+        rgba[..., :3] = crops_np[i]
+        if not shared_mask:
+            rgba[..., 3] = masks_np[i]
+        src = shrink_opencv(rgba, (win.shrink, win.shrink)) if win.shrink else rgba
+        warped = warp_affine_opencv(src, win.m, (win.y1 - win.y0, win.x1 - win.x0), "zeros")
+        region = out_np[win.b, win.y0:win.y1, win.x0:win.x1]
+        region += np.clip(warped[..., 3:], 0, 1) * (warped[..., :3] - region)
+
+
+def _paste_torch(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, windows: list[_Window | None]) -> None:
+    """Composite with ``grid_sample`` on ``out``'s device; every window and matrix comes from the host plan,
+    so the loop queues work without waiting for the device."""
+    chw = torch.cat([crops, masks[..., None]], dim=-1).permute(0, 3, 1, 2)
+    for i, win in enumerate(windows):
+        if win is None:
+            continue
+        src = shrink_torch(chw[i:i + 1], (win.shrink, win.shrink)) if win.shrink else chw[i:i + 1]
+        warped = warp_affine(src, torch.from_numpy(win.m)[None], (win.y1 - win.y0, win.x1 - win.x0),
+                             mode="bicubic", padding_mode="zeros")[0].permute(1, 2, 0)
+        region = out[win.b, win.y0:win.y1, win.x0:win.x1]
+        region += warped[..., 3:].clamp(0, 1) * (warped[..., :3] - region)
