@@ -246,19 +246,22 @@ def align_faces(images: torch.Tensor, faces: list[DetectedFace], size: int = 512
     crops = images.new_empty((len(faces), size, size, 3))
     align = _align_opencv if uses_opencv(images) else _align_torch
     align(images, mats, index, crops, padding_mode)
-    return AlignedFaces(crops.clamp_(0, 1), torch.from_numpy(mats).to(dev, torch.float32),
+    return AlignedFaces(crops, torch.from_numpy(mats).to(dev, torch.float32),
                         torch.from_numpy(index).to(dev), list(faces), int(size))
 
 
 def _align_opencv(images: torch.Tensor, mats: np.ndarray, index: np.ndarray, crops: torch.Tensor, padding_mode: str) -> None:
-    """Fill ``crops`` (N, S, S, 3) from CPU float32 ``images`` with OpenCV, writing straight into their memory."""
+    """Fill ``crops`` (N, S, S, 3) from CPU float32 ``images`` with OpenCV, writing straight into their memory.
+    Everything here is single-threaded numpy / OpenCV work: torch's OpenMP threads cost 2-6x on these small
+    element-wise steps when other processes share the cores (measured, docs/restore.md)."""
     size, images = crops.shape[1], images.detach().contiguous()
     for i, (m, b, scale) in enumerate(zip(mats, index.tolist(), affine_scale(mats))):
         src = images[b].numpy()
         if scale < 0.5:
             x0, y0, x1, y1, hs, ws, m = _shrink_plan(m, size, 2.0 * float(scale), src.shape[:2])
             src = shrink_opencv(src[y0:y1, x0:x1], (hs, ws))
-        warp_affine_opencv(src, m, (size, size), padding_mode, dst=crops[i].numpy())
+        dst = crops[i].numpy()
+        np.clip(warp_affine_opencv(src, m, (size, size), padding_mode, dst=dst), 0, 1, out=dst)
 
 
 def _align_torch(images: torch.Tensor, mats: np.ndarray, index: np.ndarray, crops: torch.Tensor, padding_mode: str) -> None:
@@ -277,6 +280,7 @@ def _align_torch(images: torch.Tensor, mats: np.ndarray, index: np.ndarray, crop
         x0, y0, x1, y1, hs, ws, m = _shrink_plan(mats[i], size, 2.0 * float(scales[i]), img.shape[-2:])
         src = shrink_torch(img[None, :, y0:y1, x0:x1], (hs, ws))
         crops[i] = warp_affine(src, torch.from_numpy(m)[None], size, mode="bicubic", padding_mode=padding_mode)[0].permute(1, 2, 0)
+    crops.clamp_(0, 1)
 
 
 def _shrink_plan(m: np.ndarray, size: int, factor: float, hw: tuple[int, int]) -> tuple[int, int, int, int, int, int, np.ndarray]:

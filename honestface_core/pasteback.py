@@ -139,7 +139,8 @@ def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor
     if matrices.shape[0] != n or len(image_index) != n:
         raise HonestFaceError("paste back", f"{n} crops but {matrices.shape[0]} matrices and {len(image_index)} image indices",
                               "Pass the matrices and image_index that came with the crops")
-    out = images.detach().clone(memory_format=torch.contiguous_format)
+    cv = uses_opencv(images)
+    out = torch.from_numpy(images.detach().numpy().copy()) if cv else images.detach().clone(memory_format=torch.contiguous_format)
     if n == 0:
         return out
     dev, dtype = images.device, images.dtype
@@ -154,30 +155,25 @@ def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor
         raise HonestFaceError("paste back", f"crop {bad[0]} refers to image {index[bad[0]]} but the batch has {b_count}",
                               "Pass the matching image_index")
     inv = invert_affine(torch.as_tensor(matrices).detach().to("cpu", torch.float64).numpy())  # crop -> image pixels
-    paste = _paste_opencv if uses_opencv(out) else _paste_torch
+    paste = _paste_opencv if cv else _paste_torch
     paste(out, crops, masks, _windows(inv, index, s, h, w))
     return out
 
 
 def _paste_opencv(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, windows: list[_Window | None]) -> None:
-    """Composite on CPU float32 through numpy views of ``out`` (in place, no copies of the image); each crop and
-    its mask go through one reused RGBA buffer (a shared mask, such as the default one, is copied in once)."""
-    out_np, crops_np = out.numpy(), crops.detach().contiguous().numpy()
-    shared_mask = masks.stride(0) == 0
-    masks_np = masks.detach()[:1].contiguous().numpy() if shared_mask else masks.detach().contiguous().numpy()
-    rgba = np.empty((*crops_np.shape[1:3], 4), np.float32)
-    if shared_mask:
-        rgba[..., 3] = masks_np[0]
+    """Composite on CPU float32 through numpy views of ``out`` (in place, no copies of the image); crop and mask
+    are warped separately (no RGBA copy per face)."""
+    out_np, crops_np, masks_np = out.numpy(), crops.detach().contiguous().numpy(), masks.detach().numpy()
     for i, win in enumerate(windows):
         if win is None:
             continue
-        rgba[..., :3] = crops_np[i]
-        if not shared_mask:
-            rgba[..., 3] = masks_np[i]
-        src = shrink_opencv(rgba, (win.shrink, win.shrink)) if win.shrink else rgba
-        warped = warp_affine_opencv(src, win.m, (win.y1 - win.y0, win.x1 - win.x0), "zeros")
+        hw = (win.y1 - win.y0, win.x1 - win.x0)
+        face, mask = crops_np[i], np.ascontiguousarray(masks_np[i])
+        if win.shrink:
+            face, mask = shrink_opencv(face, (win.shrink, win.shrink)), shrink_opencv(mask, (win.shrink, win.shrink))
+        face, alpha = warp_affine_opencv(face, win.m, hw, "zeros"), warp_affine_opencv(mask, win.m, hw, "zeros")
         region = out_np[win.b, win.y0:win.y1, win.x0:win.x1]
-        region += np.clip(warped[..., 3:], 0, 1) * (warped[..., :3] - region)
+        region += np.clip(alpha, 0, 1)[..., None] * (face - region)
 
 
 def _paste_torch(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, windows: list[_Window | None]) -> None:

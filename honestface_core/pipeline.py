@@ -2,14 +2,14 @@
 
 ``restore_crops``: every face of a call goes through the VAE and the UNet as one batch (split into chunks only
 when the device runs out of memory: the chunk is halved and retried). Reference pieces (ArcFace embeddings and
-backbone features of the references) are computed once per identity set and cached on the model.
+backbone features of the references) are computed once per identity set and cached on the model (keyed without
+reading the references back to the host).
 
-``restore_images``: detect -> align -> restore -> paste back, on the model's device.
+``restore_images``: detect -> align -> restore -> paste back; only the face crops travel to the model's device.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import Counter, OrderedDict
@@ -118,7 +118,7 @@ def attach_backbone(model, onnx_path: str | os.PathLike) -> None:
 
 def load_restorer(models_dir: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                   bundle: str = "honestface.safetensors", base: str | os.PathLike | None = None,
-                  merge_lora: bool = True):
+                  merge_lora: bool = True, compile_modules: bool = False):
     """Load a restorer from a ComfyUI-style ``models/`` folder.
 
     Args:
@@ -126,6 +126,8 @@ def load_restorer(models_dir: str | os.PathLike, device: str | torch.device = "a
             ``models/honestface/osdface/``.
         base: SD-2.1-base diffusers folder or single-file checkpoint (default: found under ``models/``).
         merge_lora: add the LoRA into the UNet weights (faster; our choice for inference).
+        compile_modules: ``torch.compile`` the UNet and VAE (off by default: each new batch size compiles first,
+            see docs/restore.md).
 
     The face backbone (``<config.features.backbone>.onnx`` from an insightface pack) is attached when found;
     without it the model restores blind only (a warning is logged).
@@ -139,7 +141,10 @@ def load_restorer(models_dir: str | os.PathLike, device: str | torch.device = "a
     if bundle == "osdface":
         from .model.osdface import load_osdface
 
-        return load_osdface(models_dir / "honestface" / "osdface", base_path, device, dtype, merge_lora=merge_lora)
+        model = load_osdface(models_dir / "honestface" / "osdface", base_path, device, dtype, merge_lora=merge_lora)
+        if compile_modules:
+            model.generator.compile_modules()
+        return model
     from .model.bundle import load_honestface
     from .model_paths import find_model_file
 
@@ -150,6 +155,8 @@ def load_restorer(models_dir: str | os.PathLike, device: str | torch.device = "a
             attach_backbone(model, find_backbone_file(models_dir, model.config.features.backbone))
         except MissingModelError as err:
             logger.warning("%s; restoring with references needs it (blind restoration works)", err)
+    if compile_modules:
+        model.generator.compile_modules()
     return model
 
 
@@ -223,14 +230,17 @@ class ReferencePieces:
                               features=self.features.expand(n, *self.features.shape[1:]))
 
 
-def reference_key(refs: ReferenceSet) -> str:
-    """Content hash of an identity set (its embeddings and crops), the cache key of its reference pieces."""
-    h = hashlib.sha1(refs.encoder_name.encode())
-    h.update(refs.embeddings.detach().float().cpu().contiguous().numpy().tobytes())
-    crops = refs.crops.detach().float()
-    h.update(str(tuple(crops.shape)).encode())
-    h.update(F.avg_pool2d(crops.permute(0, 3, 1, 2), 8).cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+def reference_key(refs: ReferenceSet) -> tuple:
+    """Cache key of an identity set's reference pieces, read from tensor metadata only (no copy to the host, no
+    hashing): the storage and in-place version counter of its crops and embeddings, their shapes and the encoder.
+    The cache entry holds those tensors, so their storage cannot be freed and reused by another set while the
+    entry lives; an in-place edit bumps the version, so edited references are recomputed (inference-mode tensors,
+    such as ComfyUI's, keep no version: reference sets are never edited in place by this pack)."""
+    parts = [refs.encoder_name]
+    for t in (refs.crops, refs.embeddings):
+        parts += [t.device.type, t.device.index, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+                  tuple(t.stride()), t.dtype, None if t.is_inference() else t._version]
+    return tuple(parts)
 
 
 def check_references(model, refs: ReferenceSet) -> None:
@@ -263,7 +273,7 @@ def reference_pieces(model, refs: ReferenceSet) -> ReferencePieces:
     key = (reference_key(refs), str(model.device), str(model.dtype))
     if key in cache:
         cache.move_to_end(key)
-        return cache[key]
+        return cache[key][0]
     with torch.inference_mode():
         images = crops_to_model(refs.crops, model)
         if refs.encoder_name == f"arcface:{model.config.features.backbone}":
@@ -272,7 +282,7 @@ def reference_pieces(model, refs: ReferenceSet) -> ReferencePieces:
             emb = model.backbone.embed(images).float()
         features = model.backbone.features(images)
     pieces = ReferencePieces(F.normalize(emb, dim=-1)[None], features[None])
-    cache[key] = pieces
+    cache[key] = (pieces, refs.crops, refs.embeddings)  # keeps the keyed storage alive (see reference_key)
     while len(cache) > REFERENCE_CACHE_SIZE:
         cache.popitem(last=False)
     return pieces
@@ -407,18 +417,22 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
 
     Returns:
         :class:`RestoreResult`; images are returned on the input's device.
+
+    Whole images never travel to the model's device: faces are detected on the host copy (the input itself when it
+    is on the CPU, as ComfyUI's IMAGE tensors are), aligned and pasted back where the images are, and only the
+    aligned crops go to the model and back (our choice, docs/restore.md).
     """
     images = as_rgb_batch(images, "images")
     if refs is not None and len(refs) and model.config.variant != "osdface":
         check_references(model, refs)  # fail before the slow steps
     parse_selection(selection)  # a bad selection fails before detection
-    work = images.to(model.device)
-    found = detect_faces(detector, work, "all", interrupt=interrupt)
+    host = images if images.device.type == "cpu" else images.cpu()  # the only copy of whole images, if any
+    found = detect_faces(detector, host, "all", interrupt=interrupt)
     check_face_indices(found, selection, image_names)
     faces = select_faces(found, selection)
-    aligned = align_faces(work, faces, crop_size)
+    aligned = align_faces(images, faces, crop_size)
     messages = []
-    missing = sorted(set(range(images.shape[0])) - set(aligned.image_index.tolist()))
+    missing = sorted(set(range(images.shape[0])) - {f.image_index for f in faces})
     if missing:
         which = "any image" if len(missing) == images.shape[0] else "image(s) " + ", ".join(map(str, missing))
         messages.append(f"no face found in {which}; passed through unchanged")
@@ -428,7 +442,7 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
         return RestoreResult(images.clone(), aligned, aligned.crops, messages)
     restored = restore_crops(model, aligned.crops, refs, chunk_size, progress, interrupt)
     masks = parser.face_mask(aligned.crops) if parser is not None else None
-    out = paste_back(work, restored, aligned.matrices, aligned.image_index, masks, color_correction, aligned.crops)
+    out = paste_back(images, restored, aligned.matrices, aligned.image_index, masks, color_correction, aligned.crops)
     for m in messages:
         logger.warning(m)
-    return RestoreResult(out.to(images.device), aligned, restored, messages)
+    return RestoreResult(out, aligned, restored, messages)
