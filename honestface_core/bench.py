@@ -37,6 +37,9 @@ from .model_paths import default_models_dir
 #: the stages the pipeline adds to the bare forward, and the bare forward's stages (the stage-sum overhead)
 EXTRA_STAGES = ("VRE", "LQ backbone + embedders + fusion")
 BARE_STAGES = ("VAE encode", "UNet", "VAE decode")
+#: the targets the paired ratios are read against: pipeline / bare forward (overhead < 15 %, docs/restore.md) and
+#: one call / single calls (batching pays: below 1)
+OVERHEAD_TARGET, BATCHING_TARGET = 1.15, 1.0
 STAGES = ("detect", "align", "embed refs (once per identity)", "VRE", "LQ backbone + embedders + fusion", "VAE encode",
           "UNet", "VAE decode", "paste-back")
 
@@ -105,11 +108,13 @@ class Timer:
     Peak memory: CUDA max allocated while the callable ran; on CPU the process's peak resident memory (:class:`PeakRSS`).
     """
 
-    def __init__(self, device, repeats: int, warmup: int):
+    def __init__(self, device, repeats: int, warmup: int, warm_each: bool = False):
         import torch
 
         self.torch, self.device = torch, device
         self.repeats, self.warmup = max(1, int(repeats)), max(0, int(warmup))
+        self.warm_each = warm_each  # one untimed call of every measured callable first (compiled models recompile
+        # for each new caller's guards)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -141,6 +146,8 @@ class Timer:
         """Measure ``fns`` (already warm) interleaved, the order reversed every repeat (a, b, b, a, ...) so that
         load changes and cache effects hit them alike."""
         with self.torch.inference_mode():
+            for fn in fns if self.warm_each else ():
+                fn()
             runs: list[list[tuple[float, float, float, object]]] = [[] for _ in fns]
             for r in range(self.repeats):
                 order = list(enumerate(fns))
@@ -156,10 +163,29 @@ class Timer:
         key = "seconds" if self.device.type == "cuda" else "cpu_seconds"
         return m[f"best_{key}" if best else key]
 
-    def paired_ratio(self, a: dict, b: dict) -> float:
-        """Median over the repeats of ``a``'s cost over ``b``'s cost in the same repeat (measured together)."""
+    def paired_ratios(self, a: dict, b: dict) -> list[float]:
+        """``a``'s cost over ``b``'s cost in each repeat (the two ran back to back)."""
         key = "each_seconds" if self.device.type == "cuda" else "each_cpu_seconds"
-        return statistics.median(x / y for x, y in zip(a[key], b[key]))
+        return [x / y for x, y in zip(a[key], b[key])]
+
+
+def paired(ratios: list[float], target: float, what: str, warnings: list[str]) -> dict:
+    """The median of per-repeat ratios, their spread (min, max) and whether they settle ``target``.
+
+    Our choice: a conclusion needs at least 3 repeats, all on the same side of ``target``; otherwise the spread is
+    too wide to conclude and a warning saying so is appended to ``warnings``.
+    """
+    lo, hi = min(ratios), max(ratios)
+    verdict = "below" if hi < target else "above" if lo > target else None
+    problems = [f"only {len(ratios)} repeat(s)"] if len(ratios) < 3 else []
+    if verdict is None:
+        problems.append(f"the spread {lo:.3f}..{hi:.3f} contains the target")
+    if problems:
+        warnings.append(f"{what}: per-repeat ratios {', '.join(f'{r:.3f}' for r in ratios)} are too few or too spread "
+                        f"to conclude against {target:g} ({'; '.join(problems)}): measure again on a quieter machine "
+                        "or with more --repeats")
+    return {"median": statistics.median(ratios), "min": lo, "max": hi, "each": ratios, "target": target,
+            "conclusive": not problems, "verdict": None if problems else verdict}
 
 
 def build_bench_model(size: str, device, dtype):
@@ -214,8 +240,11 @@ def find_detector(models_dir: Path):
         return None
 
 
-def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: bool = False) -> dict:
-    """Every measurement for ``n`` faces and ``k`` references (``warm_singles``: 1-face calls are already warm)."""
+def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: bool = False,
+                warnings: list[str] | None = None) -> dict:
+    """Every measurement for ``n`` faces and ``k`` references (``warm_singles``: 1-face calls are already warm);
+    ratios that cannot settle their target add a line to ``warnings``."""
+    warnings = [] if warnings is None else warnings
     import torch
 
     from .alignment import align_faces
@@ -276,19 +305,34 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: boo
               "overhead_of_best": timer.cost(pipe, best=True) / timer.cost(bare, best=True) - 1.0,
               "overhead_of_stages": sum(timer.cost(stages[s]) for s in EXTRA_STAGES)
               / sum(timer.cost(stages[s]) for s in BARE_STAGES),
-              "per_face_one_call": timer.cost(pipe) / n}
+              "per_face_one_call": timer.cost(pipe) / n,
+              "overhead_paired": paired(timer.paired_ratios(pipe, bare), OVERHEAD_TARGET,
+                                        f"{n} face(s), restore_crops / bare VAE+UNet", warnings)}
     print(f"  {n} face(s): bare VAE+UNet {bare['seconds']:.3f} s (cpu {bare['cpu_seconds']:.3f} s), restore_crops "
           f"{pipe['seconds']:.3f} s (cpu {pipe['cpu_seconds']:.3f} s), overhead {100 * result['overhead']:+.1f}% "
-          f"(of the best runs {100 * result['overhead_of_best']:+.1f}%, of stage sums "
-          f"{100 * result['overhead_of_stages']:+.1f}%)", file=sys.stderr)
+          f"(paired {spread_text(result['overhead_paired'], percent=True)}, of the best runs "
+          f"{100 * result['overhead_of_best']:+.1f}%, of stage sums {100 * result['overhead_of_stages']:+.1f}%)",
+          file=sys.stderr)
     if singles:
         result["single_calls"] = {k: singles[0][k] for k in keys}
         result["per_face_single_calls"] = timer.cost(singles[0]) / n
-        result["one_call_vs_single_calls"] = timer.paired_ratio(pipe, singles[0])
+        batching = paired(timer.paired_ratios(pipe, singles[0]), BATCHING_TARGET,
+                          f"{n} faces, one call / single calls", warnings)
+        result["one_call_vs_single_calls"], result["batching_paired"] = batching["median"], batching
         print(f"  {n} face(s): per face {result['per_face_one_call']:.3f} s in one call, "
               f"{result['per_face_single_calls']:.3f} s in single calls (one call / single calls, paired: "
-              f"{result['one_call_vs_single_calls']:.3f})", file=sys.stderr)
+              f"{spread_text(batching)})", file=sys.stderr)
     return result
+
+
+def spread_text(ratio: dict, percent: bool = False) -> str:
+    """``0.912 [0.880-0.950]`` (or ``+6.0 % [+2.0-+9.0 %]`` as an overhead), ``?`` appended when inconclusive."""
+    if percent:
+        text = (f"{100 * (ratio['median'] - 1):+.1f}% [{100 * (ratio['min'] - 1):+.1f}.."
+                f"{100 * (ratio['max'] - 1):+.1f}%]")
+    else:
+        text = f"{ratio['median']:.3f} [{ratio['min']:.3f}..{ratio['max']:.3f}]"
+    return text if ratio["conclusive"] else text + " ?"
 
 
 def format_table(report: dict) -> str:
@@ -309,20 +353,45 @@ def format_table(report: dict) -> str:
             cells += [cell(m), f"{m['peak_mib']:.0f}"] if m else ["n/a", ""]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     basis = "process CPU time" if cpu else "wall time"
-    lines += ["", f"| faces | bare VAE+UNet ({unit}) | restore_crops ({unit}) | overhead ({basis}) | overhead (best "
-              f"of {report['repeats']}) | overhead (stage sums) | per face, one call | per face, single calls | "
-              f"one call / single calls (paired) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"| faces | bare VAE+UNet ({unit}) | restore_crops ({unit}) | overhead, paired: median [min..max] "
+              f"({basis}) | overhead (medians) | overhead (best of {report['repeats']}) | overhead (stage sums) | "
+              f"per face, one call | per face, single calls | one call / single calls, paired: median [min..max] |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        single, paired = r.get("per_face_single_calls"), r.get("one_call_vs_single_calls")
+        single, batching = r.get("per_face_single_calls"), r.get("batching_paired")
         lines.append(f"| {r['faces']} | {cell(r['bare_vae_unet'])} | {cell(r['restore_crops'])} | "
-                     f"{100 * r['overhead']:+.1f}% | {100 * r['overhead_of_best']:+.1f}% | "
-                     f"{100 * r['overhead_of_stages']:+.1f}% | {r['per_face_one_call']:.3f} s | "
-                     f"{'' if single is None else f'{single:.3f} s'} | {'' if paired is None else f'{paired:.3f}'} |")
+                     f"{spread_text(r['overhead_paired'], percent=True)} | {100 * r['overhead']:+.1f}% | "
+                     f"{100 * r['overhead_of_best']:+.1f}% | {100 * r['overhead_of_stages']:+.1f}% | "
+                     f"{r['per_face_one_call']:.3f} s | {'' if single is None else f'{single:.3f} s'} | "
+                     f"{'' if batching is None else spread_text(batching)} |")
+    lines += [""] + [f"WARNING: {w}" for w in report.get("warnings", [])] if report.get("warnings") else []
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
     import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (None where the OS has none)."""
+    import os
+
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
 
     import torch
 
@@ -355,19 +424,22 @@ def run(args: argparse.Namespace) -> int:
           f"on {device} in {dtype} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     timer = Timer(device, args.repeats, args.warmup)
     detector = find_detector(Path(args.models))
-    runs = []
+    runs, warnings, load_start = [], [], load_average()
     for n in counts:
         print(f"measuring {n} face(s)...", file=sys.stderr)
-        runs.append(bench_faces(model, n, args.refs, timer, detector, warm_singles=1 in counts and timer.warmup > 0))
+        runs.append(bench_faces(model, n, args.refs, timer, detector, 1 in counts and timer.warmup > 0, warnings))
     report = {"size": args.size, "device": str(device), "device_name": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else platform.processor() or platform.machine(),
+              if device.type == "cuda" else cpu_name(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+              "load_average": {"start": load_start, "end": load_average()},
               "threads": torch.get_num_threads(), "cpu_allocator": "glibc, freed memory kept (cpu_memory.py)" if tuned
               else "system default", "dtype": str(dtype).replace("torch.", ""), "repeats": timer.repeats,
               "warmup": timer.warmup, "peak_memory": "CUDA max allocated per stage" if device.type == "cuda"
-              else "process peak resident memory during the stage (CPU)", "runs": runs}
+              else "process peak resident memory during the stage (CPU)", "runs": runs, "warnings": warnings}
+    load = report["load_average"]
     print(f"honestface bench --size {args.size} --dtype {report['dtype']} on {report['device']} ({report['device_name']}, "
-          f"{report['threads']} threads, CPU allocator: {report['cpu_allocator']}), median of {timer.repeats}, "
-          f"{timer.warmup} warm-up call(s) per face count")
+          f"{report['threads']} threads of {report['cpu_count']} CPUs, CPU allocator: {report['cpu_allocator']}), "
+          f"median of {timer.repeats}, {timer.warmup} warm-up call(s) per face count; load average (1/5/15 min) "
+          f"{load['start']} at the start, {load['end']} at the end")
     print(format_table(report))
     if args.json:
         from .outputs import write_file

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from honestface_core.bench import paired
 from honestface_core.cli import main
 
 
@@ -34,14 +35,31 @@ def test_tiny_bench_reports_every_stage_and_both_ratios(tmp_path, capsys):
     one, two = report["runs"]
     assert "per_face_single_calls" not in one and "one_call_vs_single_calls" not in one
     assert two["per_face_single_calls"] == pytest.approx(two["single_calls"]["cpu_seconds"] / 2)
-    pairs = zip(two["restore_crops"]["each_cpu_seconds"], two["single_calls"]["each_cpu_seconds"])
-    assert two["one_call_vs_single_calls"] == pytest.approx(statistics.median(a / b for a, b in pairs))
+    pairs = [a / b for a, b in zip(two["restore_crops"]["each_cpu_seconds"], two["single_calls"]["each_cpu_seconds"])]
+    assert two["one_call_vs_single_calls"] == pytest.approx(statistics.median(pairs))
+    assert two["batching_paired"]["each"] == pytest.approx(pairs) and two["batching_paired"]["min"] == min(pairs)
+    for r in report["runs"]:
+        over = [a / b for a, b in zip(r["restore_crops"]["each_cpu_seconds"], r["bare_vae_unet"]["each_cpu_seconds"])]
+        assert r["overhead_paired"]["each"] == pytest.approx(over) and r["overhead_paired"]["max"] == max(over)
+        assert r["overhead_paired"]["conclusive"] is False  # 2 repeats never settle a target
+    assert report["cpu"] and len(report["load_average"]["start"]) == 3 and len(report["warnings"]) == 3
     table = capsys.readouterr().out
     assert "| VAE decode |" in table and "best of 2" in table and "overhead (stage sums)" in table
-    assert "one call / single calls (paired)" in table
+    assert "one call / single calls, paired: median [min..max]" in table and "load average" in table
+    assert table.count("WARNING: ") == 3 and "only 2 repeat(s)" in table and report["cpu"] in table
     before = out.read_bytes()
     assert main(["bench", "--size", "tiny", "--faces", "1", "--json", str(out)]) == 2
     assert "already exists and is not overwritten" in capsys.readouterr().err and out.read_bytes() == before
+
+
+@pytest.mark.parametrize("ratios, target, verdict", [([0.80, 0.84, 0.83], 1.0, "below"),
+                                                     ([1.2, 1.3, 1.25], 1.15, "above"), ([0.9, 1.05, 0.95], 1.0, None)])
+def test_paired_ratios_conclude_only_when_every_repeat_agrees(ratios, target, verdict):
+    warnings = []
+    r = paired(ratios, target, "x", warnings)
+    assert r["median"] == statistics.median(ratios) and (r["min"], r["max"]) == (min(ratios), max(ratios))
+    assert r["verdict"] == verdict and r["conclusive"] == (verdict is not None)
+    assert len(warnings) == (verdict is None) and all("contains the target" in w for w in warnings)
 
 
 @pytest.mark.parametrize("args, match", [(["--faces", "0"], "--faces"), (["--faces", "a"], "--faces"),
