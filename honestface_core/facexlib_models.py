@@ -1,12 +1,12 @@
-"""Load facexlib networks from local files only (never facexlib's download helpers), and write random-weight
-files in the exact layout of the released ones.
+"""Load facexlib networks from local files only (never facexlib's download helpers).
 
 Released layouts (as facexlib's own ``init_*`` helpers read them):
 - ``detection_Resnet50_Final.pth`` / ``detection_mobilenet0.25_Final.pth``: a plain state dict whose keys carry
   the ``module.`` prefix of a DataParallel-trained model (facexlib strips it).
 - ``parsing_parsenet.pth`` / ``parsing_bisenet.pth``: a plain state dict.
 - ``alignment_WFLW_4HG.pth``: ``{"state_dict": ...}``.
-All files are read by :mod:`.weight_files` (``torch.load(..., weights_only=True)``).
+All files are read by :mod:`.weight_files` (``torch.load(..., weights_only=True)``). Random-weight files in
+these layouts for tests: :mod:`honestface_core.testing.facexlib_files`.
 """
 
 from __future__ import annotations
@@ -70,35 +70,3 @@ def load_awing(models_dir: str | os.PathLike, device: str | torch.device = "cpu"
 
     path = find_model_file(models_dir, FOLDER, AWING_FILE)
     return _load_into(FAN(num_modules=4, num_landmarks=98, device=str(device)), path, device)
-
-
-def write_facexlib_test_models(models_dir: str | os.PathLike) -> list[Path]:
-    """Write random-weight versions of all five facexlib files into ``models_dir/facexlib``.
-
-    Same networks, key names, prefixes and wrappers as the released files, so the real loaders above run.
-    The weights are random (freshly initialised networks): outputs are meaningless. Existing files are kept.
-    """
-    from facexlib.alignment import FAN
-    from facexlib.detection.retinaface import RetinaFace
-    from facexlib.parsing import BiSeNet, ParseNet
-
-    folder = Path(models_dir) / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    cpu = torch.device("cpu")
-    builders = {
-        RETINAFACE_FILES["resnet50"]: lambda: {"module." + k: v for k, v in RetinaFace("resnet50", device=cpu).state_dict().items()},
-        RETINAFACE_FILES["mobilenet0.25"]: lambda: {"module." + k: v for k, v in RetinaFace("mobile0.25", device=cpu).state_dict().items()},
-        PARSENET_FILE: lambda: ParseNet(in_size=512, out_size=512, parsing_ch=19).state_dict(),
-        BISENET_FILE: lambda: BiSeNet(num_class=19).state_dict(),
-        AWING_FILE: lambda: {"state_dict": FAN(num_modules=4, num_landmarks=98, device="cpu").state_dict()},
-    }
-    written = []
-    for name, build in builders.items():
-        path = folder / name
-        if not path.exists():
-            torch.manual_seed(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                torch.save(build(), path)
-        written.append(path)
-    return written

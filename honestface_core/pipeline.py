@@ -105,7 +105,8 @@ def find_backbone_file(models_dir: str | os.PathLike, name: str) -> Path:
 def attach_backbone(model, onnx_path: str | os.PathLike) -> None:
     """Load the insightface recogniser into a :class:`FaceBackbone` whose feature stage has the width the model
     was trained with, and attach it on the model's device and dtype."""
-    from .model.iresnet import FaceBackbone, load_iresnet_from_onnx
+    from .model.iresnet import FaceBackbone
+    from .model.onnx_import import load_iresnet_from_onnx
 
     net = load_iresnet_from_onnx(onnx_path)
     want = int(model.config.features.backbone_channels)

@@ -477,7 +477,7 @@ def missing_values(workflow: dict, before: dict, after: dict) -> list[str]:
 
 def check(chromium: str, frontend: str | None, paths: list[Path], out: Path) -> Report:
     """Every check of one frontend (None: the one ComfyUI installs), with fresh servers and browser."""
-    from honestface_core.testmodels import write_test_models
+    from honestface_core.testing.models_folder import write_test_models
 
     label = "frontend-" + (Path(frontend).parent.parent.name.split("-")[-1] if frontend else "pinned")
     report = Report(label)

@@ -107,7 +107,7 @@ def portraits(photos_dir) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def test_models_dir(tmp_path_factory) -> Path:
     """A ComfyUI-style ``models/`` folder of small random-weight files (``honestface make-test-models``)."""
-    from honestface_core.testmodels import write_test_models
+    from honestface_core.testing.models_folder import write_test_models
 
     out = tmp_path_factory.mktemp("models")
     write_test_models(out)

@@ -12,7 +12,7 @@ import pytest
 
 from honestface_core.cli import main
 from honestface_core.model_paths import BUNDLED_FALLBACKS, MODEL_FILES
-from honestface_core.testmodels import README_NAME
+from honestface_core.testing.models_folder import README_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 

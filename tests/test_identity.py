@@ -110,7 +110,7 @@ def test_sface_missing_file(tmp_path):
 
 
 def test_sface_damaged_or_wrong_file(tmp_path):
-    from honestface_core.insightface_models import write_insightface_test_models
+    from honestface_core.testing.insightface_packs import write_insightface_test_models
 
     damaged = tmp_path / "face_recognition_sface_2021dec.onnx"
     damaged.write_bytes(b"\x08\x07garbage")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from honestface_core.errors import HonestFaceError, MissingModelError
-from honestface_core.insightface_models import (INSIGHTFACE_PACKS, PACKS_FOLDER, load_face_analysis, pack_folder,
-                                                write_insightface_test_models)
+from honestface_core.insightface_models import INSIGHTFACE_PACKS, PACKS_FOLDER, load_face_analysis, pack_folder
 from honestface_core.model_paths import MODEL_FILES
+from honestface_core.testing.insightface_packs import write_insightface_test_models
 
 
 @pytest.fixture(scope="module")

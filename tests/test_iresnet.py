@@ -11,7 +11,9 @@ import torch
 from onnx import helper, numpy_helper
 
 from honestface_core.errors import HonestFaceError, MissingModelError
-from honestface_core.model.iresnet import FaceBackbone, IResNet, load_iresnet_from_onnx, write_arcface_onnx
+from honestface_core.model.iresnet import FaceBackbone, IResNet
+from honestface_core.model.onnx_import import load_iresnet_from_onnx
+from honestface_core.testing.arcface_onnx import write_arcface_onnx
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:

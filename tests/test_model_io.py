@@ -18,9 +18,9 @@ from honestface_core.model import lora as lora_utils
 from honestface_core.model.base_model import find_base_model, load_base_model
 from honestface_core.model.bundle import load_honestface, read_bundle, save_bundle
 from honestface_core.model.config import HonestFaceConfig
-from honestface_core.model.iresnet import write_arcface_onnx
+from honestface_core.testing.arcface_onnx import write_arcface_onnx
 from honestface_core.model.osdface import load_osdface
-from honestface_core.model.testmodels import write_honestface_test_models
+from honestface_core.testing.honestface_files import write_honestface_test_models
 
 
 @pytest.fixture(scope="module")

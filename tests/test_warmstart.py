@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 
 from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.model.config import ConfigError, HonestFaceConfig
-from honestface_core.model.iresnet import write_arcface_onnx
+from honestface_core.testing.arcface_onnx import write_arcface_onnx
 from honestface_core.model.osdface import LORA_FILE, PROJECTOR_FILE, VRE_FILE, load_osdface
-from honestface_core.model.testmodels import write_honestface_test_models
+from honestface_core.testing.honestface_files import write_honestface_test_models
 from test_weight_files import fake_packages, lightning_checkpoint
 from training.config import load_config
 from training.modeling import TrainingForward, build_model

@@ -26,7 +26,7 @@ from honestface_core.errors import HonestFaceError
 from honestface_core.model.base_model import load_base_model
 from honestface_core.model.config import HonestFaceConfig
 from honestface_core.model.osdface import VRE_FILE, load_osdface, read_vre_checkpoint
-from honestface_core.model.testmodels import CHECKPOINT_NAME, write_honestface_test_models
+from honestface_core.testing.honestface_files import CHECKPOINT_NAME, write_honestface_test_models
 from honestface_core.weight_files import read_state_dict, read_weights_file
 
 #: the classes Lightning 1.0.x and OmegaConf 2.3 pickle by module path

@@ -91,7 +91,7 @@ def load_backbone(path: str | Path, mcfg: HonestFaceConfig) -> FaceBackbone:
     path = Path(path)
     if not path.is_file():
         raise MissingModelError(path.name, path.parent, "insightface buffalo_l/antelopev2 recogniser (w600k_r50.onnx / glintr100.onnx)")
-    from honestface_core.model.iresnet import load_iresnet_from_onnx
+    from honestface_core.model.onnx_import import load_iresnet_from_onnx
 
     net = load_iresnet_from_onnx(path)
     want = mcfg.features.backbone_channels
@@ -125,7 +125,7 @@ def build_model(cfg: TrainConfig, workdir: str | Path, dataset=None) -> HonestFa
 
         base = write_tiny_base(workdir / "base", mcfg, dataset, cfg.model.tiny_vae_steps if dataset is not None else 0, cfg.seed)
     if cfg.model.variant == "tiny" and not backbone_path:
-        from honestface_core.model.iresnet import write_arcface_onnx
+        from honestface_core.testing.arcface_onnx import write_arcface_onnx
 
         backbone_path = workdir / "base" / "arcface_random.onnx"
         if not backbone_path.is_file():

@@ -2,7 +2,7 @@
 
 Public names are imported lazily (diffusers is heavy and ``model.iresnet`` must stay cheap to import):
 ``HonestFaceConfig``, ``HonestFaceModel``, ``ReferenceBatch``, ``save_bundle``, ``load_honestface``,
-``read_bundle``, ``load_osdface``, ``load_base_model``, ``find_base_model``, ``write_honestface_test_models``.
+``read_bundle``, ``load_osdface``, ``load_base_model``, ``find_base_model``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 _EXPORTS = {
     "HonestFaceConfig": "config", "HonestFaceModel": "honestface", "ReferenceBatch": "honestface",
     "save_bundle": "bundle", "load_honestface": "bundle", "read_bundle": "bundle", "load_osdface": "osdface",
-    "load_base_model": "base_model", "find_base_model": "base_model", "write_honestface_test_models": "testmodels",
+    "load_base_model": "base_model", "find_base_model": "base_model",
 }
 
 
