@@ -116,7 +116,7 @@ def warp_affine(images: torch.Tensor, matrices: torch.Tensor, out_size: tuple[in
         ``(N, C, h, w)``.
     """
     h_out, w_out = (out_size, out_size) if isinstance(out_size, int) else (int(out_size[0]), int(out_size[1]))
-    matrices = torch.as_tensor(matrices).to(images.device)
+    matrices = torch.as_tensor(matrices, device=images.device)
     n = matrices.shape[0]
     index = np.arange(n) if image_index is None else np.asarray(
         image_index.tolist() if torch.is_tensor(image_index) else image_index, dtype=np.int64).reshape(-1)
@@ -130,7 +130,7 @@ def warp_affine(images: torch.Tensor, matrices: torch.Tensor, out_size: tuple[in
     # sample each source image once for all its faces: stack the faces' grids vertically (no image copies)
     for b in np.unique(index).tolist():
         sel = np.flatnonzero(index == b)
-        sel_t = slice(None) if len(sel) == n else torch.from_numpy(sel).to(images.device)
+        sel_t = slice(None) if len(sel) == n else torch.as_tensor(sel, device=images.device)
         g = grid[sel_t].reshape(1, len(sel) * h_out, w_out, 2)
         res = F.grid_sample(images[b:b + 1], g, mode=mode, padding_mode=padding_mode, align_corners=False)
         out[sel_t] = res.reshape(images.shape[1], len(sel), h_out, w_out).transpose(0, 1)
@@ -272,7 +272,7 @@ def _align_torch(images: torch.Tensor, mats: np.ndarray, index: np.ndarray, crop
     scales = affine_scale(mats)
     direct = np.flatnonzero(scales >= 0.5)
     if len(direct):
-        sel = torch.from_numpy(direct).to(dev)
+        sel = torch.as_tensor(direct, device=dev)
         warped = warp_affine(chw, torch.from_numpy(mats[direct]), size, index[direct], mode="bicubic", padding_mode=padding_mode)
         crops[sel] = warped.permute(0, 2, 3, 1)
     for i in np.flatnonzero(scales < 0.5).tolist():

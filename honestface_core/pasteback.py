@@ -154,7 +154,7 @@ def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor
     if bad:
         raise HonestFaceError("paste back", f"crop {bad[0]} refers to image {index[bad[0]]} but the batch has {b_count}",
                               "Pass the matching image_index")
-    inv = invert_affine(torch.as_tensor(matrices).detach().to("cpu", torch.float64).numpy())  # crop -> image pixels
+    inv = invert_affine(torch.as_tensor(matrices).detach().cpu().numpy().astype(np.float64))  # crop -> image pixels
     paste = _paste_opencv if cv else _paste_torch
     paste(out, crops, masks, _windows(inv, index, s, h, w))
     return out

@@ -31,6 +31,7 @@ BUNDLE = "honestface.safetensors"
 BASE_FOLDER = "stable-diffusion-2-1-base"
 BASE_CHECKPOINT = next(m.filename for m in MODEL_FILES if m.folder == "checkpoints")
 PRECISIONS = ["auto", "fp16", "bf16", "fp32"]  # a list: ComfyUI checks list choices
+COMPILE_CHOICES = ["off", "on"]
 REFS_TOOLTIP = ("The person's references (HonestFace Load References / Load Identity Set). Leave unconnected to "
                 "restore blind.")
 CHUNK_TOOLTIP = ("Faces per UNet batch; 0 = all faces in one batch (fastest). Halved automatically when the GPU runs "
@@ -138,6 +139,10 @@ class HonestFaceModelLoader:
                                       "and vae/) or a single-file checkpoint (models/checkpoints). No text encoder is used."}),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": "Weights' precision; 'auto' picks bf16 or fp16 where "
                                        "the GPU supports it and fp32 on CPU."}),
+        }, "optional": {
+            "compile": (COMPILE_CHOICES, {"default": "off", "tooltip": "torch.compile the UNet and VAE: later restores run "
+                                          "faster, but the first restore at each new face count compiles first (slow; "
+                                          "see docs/restore.md). Off by default."}),
         }}
 
     @classmethod
@@ -151,7 +156,7 @@ class HonestFaceModelLoader:
             ("base", base, base_choices(), f"{name}/ (with unet/ and vae/)" if kind == "diffusers" else name, kind,
              sd.source if sd else "a Stable Diffusion 2.1-base diffusers folder or single-file checkpoint"))
 
-    def load(self, model: str, base: str, precision: str):
+    def load(self, model: str, base: str, precision: str, compile: str = "off"):
         from honestface_core.model.bundle import load_honestface
         from honestface_core.model.osdface import load_osdface
 
@@ -171,6 +176,8 @@ class HonestFaceModelLoader:
                 attach_backbone(net, backbone_file(net.config.features.backbone))
             except MissingModelError as err:
                 logger.warning("[HonestFace Model Loader] %s -- restoring with references needs it; blind works", err)
+        if compile == "on":
+            net.generator.compile_modules()
         patcher = comfy.model_patcher.ModelPatcher(HonestFaceModule(net, offload), load_device=device,
                                                    offload_device=offload, size=mm.module_size(net))
         return (patcher,)

@@ -19,11 +19,13 @@ from honestface_core.cli import main as cli_main
 from honestface_core.detection import YuNetDetector, detect_faces
 from honestface_core.errors import HonestFaceError
 from honestface_core.images import uint8_to_tensor
-from honestface_core.pipeline import (BackboneIdentityEncoder, load_restorer, reference_key, restore_crops,
-                                      restore_images)
+from honestface_core import pipeline
+from honestface_core.pipeline import (BackboneIdentityEncoder, load_restorer, reference_key, reference_pieces,
+                                      restore_crops, restore_images)
 from honestface_core.references import ReferenceSet, prepare_references
 
 from conftest import read_rgb
+from test_pasteback import HostReads
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +161,51 @@ def test_cli_restore_writes_new_file_and_never_overwrites(test_models_dir, astro
     assert np.array_equal(restored[-20:], astronaut[-20:])  # far from the face: untouched
     assert cli_main(["restore", str(src), "--out", str(out), "--models", str(test_models_dir)]) == 2
     assert "--refs" in capsys.readouterr().err
+
+
+def test_reference_cache_reads_nothing_back(model, refs):
+    """The cache key comes from tensor metadata: no copy to the host, no hashing; an edited set is a new key."""
+    first = reference_pieces(model, refs)
+    with HostReads() as mode:
+        key = reference_key(refs)
+        again = reference_pieces(model, refs)
+    assert mode.calls == [] and again is first
+    edited = ReferenceSet(refs.crops.clone(), refs.embeddings.clone(), refs.names, refs.status, refs.encoder_name)
+    assert reference_key(edited) != key
+    before = reference_key(edited)
+    edited.embeddings.mul_(1.0)  # an in-place edit (same values) bumps the version: recomputed, never stale
+    assert reference_key(edited) != before
+
+
+def test_restore_images_detects_on_the_input_itself(model, detector, astronaut, monkeypatch):
+    """CPU images are detected, aligned and pasted where they are: only the crops go to the model."""
+    image = uint8_to_tensor(astronaut)
+    seen = []
+    real = pipeline.detect_faces
+    monkeypatch.setattr(pipeline, "detect_faces", lambda det, imgs, *a, **k: seen.append(imgs) or real(det, imgs, *a, **k))
+    restore_images(model, image, detector, None)
+    assert len(seen) == 1 and seen[0] is image
+
+
+def test_fp16_model_keeps_its_vae_in_fp32(test_models_dir):
+    """diffusers' force_upcast: the VAE is put back in fp32 after every cast to fp16; the UNet stays fp16."""
+    half = load_restorer(test_models_dir, device="cpu", dtype="fp16")
+    gen = half.generator
+    assert gen.vae.config.force_upcast and half.dtype == torch.float16
+    assert gen.unet.dtype == torch.float16 and gen.vae.dtype == torch.float32
+    half.to(torch.float16)
+    assert gen.vae.dtype == torch.float32
+    image = gen.decode(torch.randn(1, 4, 8, 8, dtype=torch.float16))
+    assert image.dtype == torch.float32 and torch.isfinite(image).all()
+    assert load_restorer(test_models_dir, device="cpu", dtype="bf16").generator.vae.dtype == torch.bfloat16
+
+
+def test_compile_option_compiles_in_place(test_models_dir):
+    """torch.compile of UNet and VAE keeps the modules and their weight names (bundles still load and save)."""
+    compiled = load_restorer(test_models_dir, device="cpu", dtype="fp32", compile_modules=True)
+    gen = compiled.generator
+    plain = load_restorer(test_models_dir, device="cpu", dtype="fp32")
+    assert list(gen.state_dict()) == list(plain.generator.state_dict())
+    for module in (gen.unet, gen.vae.encoder, gen.vae.decoder):
+        assert module._compiled_call_impl is not None
+    assert plain.generator.unet._compiled_call_impl is None
