@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
 from .config import GeneratorConfig
-from .memory_format import cpu_channels_last, per_image_on_cpu
+from .memory_format import cpu_channels_last, cpu_chunks
 
 
 def alpha_bar(scheduler_config: dict, timestep: int) -> float:
@@ -82,13 +82,13 @@ class OneStepGenerator(nn.Module):
             module.compile()
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, 4, H/8, W/8) (posterior mode); channels-last and one image
-        at a time on CPU (see :mod:`.memory_format`)."""
+        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, 4, H/8, W/8) (posterior mode); channels-last and in memory-sized
+        chunks on CPU (see :mod:`.memory_format`)."""
         def one(x: torch.Tensor) -> torch.Tensor:
             return self.vae.encode(device_layout(x)).latent_dist.mode().contiguous()
 
         with cuda_fast_path(image):
-            return per_image_on_cpu(one, image.to(self.vae.dtype)) * self.scaling_factor
+            return cpu_chunks(one, image.to(self.vae.dtype), image.shape[-2] * image.shape[-1]) * self.scaling_factor
 
     def x0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``(z - sqrt(1 - abar) * eps) / sqrt(abar)`` computed in float32, returned in ``z.dtype``."""
@@ -107,10 +107,11 @@ class OneStepGenerator(nn.Module):
 
     def decode(self, z: torch.Tensor, clamp: bool = True) -> torch.Tensor:
         """Scaled latent -> image in [-1, 1] (clamped unless ``clamp=False``, e.g. for training losses);
-        channels-last and one image at a time on CPU (see :mod:`.memory_format`)."""
+        channels-last and in memory-sized chunks on CPU (see :mod:`.memory_format`)."""
         def one(x: torch.Tensor) -> torch.Tensor:
             return self.vae.decode(device_layout(x)).sample.contiguous()
 
         with cuda_fast_path(z):
-            image = per_image_on_cpu(one, z.to(self.vae.dtype) / self.scaling_factor)
+            scale = 2 ** (len(self.vae.config.block_out_channels) - 1)  # latent -> image pixels
+            image = cpu_chunks(one, z.to(self.vae.dtype) / self.scaling_factor, z.shape[-2] * z.shape[-1] * scale**2)
         return image.clamp(-1.0, 1.0) if clamp else image

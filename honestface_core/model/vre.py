@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import VREConfig
-from .memory_format import cpu_channels_last, per_image_on_cpu
+from .memory_format import cpu_channels_last, cpu_chunks
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -165,11 +165,11 @@ class VisualRepresentationEmbedder(nn.Module):
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> quantiser input (B, codebook_dim, 16, 16); resized to the VRE resolution.
-        Channels-last and one image at a time on CPU (see :mod:`.memory_format`)."""
+        Channels-last and in memory-sized chunks on CPU (see :mod:`.memory_format`)."""
         size = self.config.resolution
         if image.shape[-2:] != (size, size):
             image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-        return per_image_on_cpu(lambda x: self.quant_conv(self.encoder(cpu_channels_last(x))).contiguous(), image)
+        return cpu_chunks(lambda x: self.quant_conv(self.encoder(cpu_channels_last(x))).contiguous(), image, size * size)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the selected code tokens (B, T, codebook_dim) and their codebook indices (B, T)."""
