@@ -267,3 +267,37 @@ def detect_faces(detector: FaceDetector, images: torch.Tensor, selection: str = 
         if progress is not None:
             progress(i + 1, len(arrays))
     return select_faces(found, selection)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The one detector factory (command line, evaluation, training)
+
+def build_detector(models_dir: str | os.PathLike, kind: str = "auto", device: str | torch.device = "cpu",
+                   what: str = "detector") -> FaceDetector:
+    """A face detector from the files in ``models_dir`` (a ComfyUI-style ``models/`` folder).
+
+    ``kind``: ``auto`` (an insightface pack's SCRFD when a pack is present, else facexlib RetinaFace ResNet-50 when
+    its file is, else OpenCV YuNet; our choice of order: the most accurate detector present), ``insightface``
+    (``insightface:<pack>`` names the pack), ``retinaface`` or ``yunet``. ``what`` names the option in errors.
+    """
+    from .facexlib_models import FOLDER, RETINAFACE_FILES
+    from .insightface_models import INSIGHTFACE_PACKS, load_face_analysis, pack_folder
+    from .model_paths import DETECTOR_KINDS, opencv_zoo_file
+
+    models_dir = Path(models_dir)
+    if kind.split(":", 1)[0] not in DETECTOR_KINDS:
+        raise HonestFaceError(what, f"unknown detector {kind!r}", f"Use one of {', '.join(DETECTOR_KINDS)}")
+    present = [p for p, files in INSIGHTFACE_PACKS.items() if (pack_folder(models_dir, p) / files[0]).is_file()]
+    if kind == "auto":
+        if present:
+            kind = f"insightface:{present[0]}"
+        else:
+            kind = "retinaface" if (models_dir / FOLDER / RETINAFACE_FILES["resnet50"]).is_file() else "yunet"
+    if kind.startswith("insightface"):
+        pack = kind.split(":", 1)[1] if ":" in kind else (present or ["antelopev2"])[0]
+        providers = ["CUDAExecutionProvider"] if torch.device(device).type == "cuda" else []
+        return InsightFaceDetector(load_face_analysis(models_dir, pack, providers + ["CPUExecutionProvider"],
+                                                      allowed_modules=("detection",)))
+    if kind == "retinaface":
+        return RetinaFaceDetector.from_models_dir(models_dir, device=device)
+    return YuNetDetector(opencv_zoo_file(models_dir, "yunet"))

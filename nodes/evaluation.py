@@ -18,6 +18,7 @@ from honestface_core.alignment import align_faces
 from honestface_core.detection import detect_faces
 from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.facexlib_models import AWING_FILE
+from honestface_core.identity import embed_largest_faces
 from honestface_core.images import as_rgb_batch
 from honestface_core.landmarks import DLIB68_FILE, DLIB68_FOLDER, AWingLandmarks, DlibLandmarks, InsightFaceLandmarks, \
     draw_landmark_overlay
@@ -85,10 +86,9 @@ class LandmarkLoader:
         return (AWingLandmarks.from_models_dir(models_dir_with("facexlib", AWING_FILE), mm.get_torch_device()),)
 
 
-def _prepare(images: torch.Tensor, name: str, kind: str, detector, faces=None) -> tuple[torch.Tensor, list[int]]:
+def _prepare(images: torch.Tensor, name: str, kind: str, faces=None) -> tuple[torch.Tensor, list[int]]:
     """Aligned 512 crops of a batch and the batch indices without a face. In detect mode ``faces`` (one per
-    image, None where no face) give the transforms; when ``faces`` is None the largest face of each image is
-    detected (references)."""
+    image, None where no face) give the transforms."""
     images = as_rgb_batch(images, name)
     if kind == "aligned crops":
         if images.shape[1] != images.shape[2]:
@@ -98,10 +98,6 @@ def _prepare(images: torch.Tensor, name: str, kind: str, detector, faces=None) -
             images = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(EVAL_SIZE, EVAL_SIZE), mode="bicubic",
                                                      antialias=True, align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
         return images, []
-    if faces is None:
-        found = {f.image_index: f for f in detect_faces(detector, images, "largest",
-                                                       interrupt=mm.throw_exception_if_processing_interrupted)}
-        faces = [found.get(i) for i in range(images.shape[0])]
     missing = [i for i, f in enumerate(faces) if f is None]
     crops = images.new_zeros((images.shape[0], EVAL_SIZE, EVAL_SIZE, 3))
     have = [f for f in faces if f is not None]
@@ -210,15 +206,18 @@ class LandmarkEvaluation:
             found = {f.image_index: f for f in detect_faces(detector, ground_truth, "largest",
                                                            interrupt=mm.throw_exception_if_processing_interrupted)}
             faces = [found.get(i) for i in range(ground_truth.shape[0])]
-        gt_crops, no_face = _prepare(ground_truth, "ground_truth", input_kind, detector, faces)
-        rs_crops, _ = _prepare(restored, "restored", input_kind, detector, faces)
+        gt_crops, no_face = _prepare(ground_truth, "ground_truth", input_kind, faces)
+        rs_crops, _ = _prepare(restored, "restored", input_kind, faces)
         bar.update_absolute(1)
         refs = None
         if references is not None and encoder is not None:
-            ref_crops, ref_missing = _prepare(references, "references", input_kind, detector)
-            keep = [i for i in range(ref_crops.shape[0]) if i not in ref_missing]
-            notes += [f"reference {i}: no face found, skipped" for i in ref_missing]
-            refs = encoder.embed(ref_crops[keep]) if keep else None
+            if detector is None:
+                refs = encoder.embed(_prepare(references, "references", input_kind)[0])
+            else:
+                found = embed_largest_faces(as_rgb_batch(references, "references"), detector, encoder, EVAL_SIZE,
+                                            interrupt=mm.throw_exception_if_processing_interrupted)
+                notes += [f"reference {i}: no face found, skipped" for i in found.missing]
+                refs = found.embeddings if found.image_index else None
         mm.throw_exception_if_processing_interrupted()
         scores: CropScores = score_crops(rs_crops, gt_crops, lm, encoder, refs)
         bar.update_absolute(3)

@@ -8,10 +8,8 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
-from honestface_core.alignment import align_faces
-from honestface_core.detection import detect_faces
 from honestface_core.errors import HonestFaceError
-from honestface_core.identity import angle_degrees, cosine_similarity
+from honestface_core.identity import angle_degrees, cosine_similarity, embed_largest_faces
 from honestface_core.images import as_rgb_batch
 
 from .result_text import similarity_summary, ui_text
@@ -32,12 +30,9 @@ def embed_images(images: torch.Tensor, kind: str, name: str, encoder, insightfac
         return encoder.embed(images), list(range(images.shape[0])), []
     detector = pick_detector(NODE, insightface=insightface, opencv=opencv)
     bar = comfy.utils.ProgressBar(images.shape[0])
-    faces = detect_faces(detector, images, "largest", progress=lambda d, t: bar.update_absolute(d, t),
-                         interrupt=mm.throw_exception_if_processing_interrupted)
-    aligned = align_faces(images, faces, 512)
-    found = aligned.image_index.tolist()
-    missing = sorted(set(range(images.shape[0])) - set(found))
-    return encoder.embed(aligned.crops), found, missing
+    found = embed_largest_faces(images, detector, encoder, 512, progress=lambda d, t: bar.update_absolute(d, t),
+                                interrupt=mm.throw_exception_if_processing_interrupted)
+    return found.embeddings, found.image_index, found.missing
 
 
 class IdentitySimilarity:

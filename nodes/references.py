@@ -9,9 +9,8 @@ from pathlib import Path
 import comfy.model_management as mm
 import folder_paths
 
-from honestface_core.alignment import align_faces
-from honestface_core.detection import detect_faces
 from honestface_core.errors import HonestFaceError
+from honestface_core.identity import embed_largest_faces
 from honestface_core.images import as_rgb_batch, tensor_to_uint8
 from honestface_core.references import (MIN_CROP_SIZE, check_relative_name, load_identity_set, prepare_references,
                                         read_reference_folder, resolve_reference_folder, save_identity_set)
@@ -81,12 +80,11 @@ class LoadReferences:
                                   "Connect an IMAGE batch of the person, or type a folder name inside the input directory")
         target_embedding = None
         if target is not None and top_k > 0:
-            target_images = as_rgb_batch(target, "target")
-            faces = detect_faces(detector, target_images, "largest", interrupt=mm.throw_exception_if_processing_interrupted)
-            if not faces:
+            target_embedding = embed_largest_faces(as_rgb_batch(target, "target"), detector, encoder, crop_size,
+                                                   interrupt=mm.throw_exception_if_processing_interrupted).embeddings
+            if not len(target_embedding):
                 raise HonestFaceError(f"{NODE}: target", "no face was found in the target image",
                                       "Connect an image with a visible face, or set top_k to 0")
-            target_embedding = encoder.embed(align_faces(target_images, faces, crop_size).crops)
         mm.throw_exception_if_processing_interrupted()
         refs = prepare_references(photos, detector, encoder, target_embedding, top_k, crop_size)
         status = "\n".join(refs.status)

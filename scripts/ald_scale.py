@@ -40,11 +40,10 @@ def degradations(seed: int = 0) -> dict[str, callable]:
 def aligned_crops(paths: list[Path], models: str) -> np.ndarray:
     """All faces of the photos as (N, 512, 512, 3) uint8 crops."""
     from honestface_core.alignment import align_faces
-    from honestface_core.detection import YuNetDetector, detect_faces
+    from honestface_core.detection import build_detector, detect_faces
     from honestface_core.images import load_image, tensor_to_uint8, uint8_to_tensor
-    from honestface_core.model_paths import find_model_file_or_bundled
 
-    det = YuNetDetector(find_model_file_or_bundled(models, "facedetection", "face_detection_yunet_2023mar.onnx"))
+    det = build_detector(models, "yunet")
     crops = []
     for p in paths:
         t = uint8_to_tensor(load_image(p))

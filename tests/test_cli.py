@@ -222,3 +222,16 @@ def test_bench_json_is_checked_before_any_work(tmp_path, capsys):
         _fails_cleanly(code, err, *names)
         assert "built the" not in err
     assert _snapshot(tmp_path) == before
+
+
+def test_restore_with_top_k_references(test_models_dir, tmp_path, photo, photos_dir, capsys):
+    """--top-k ranks the references by the first input's largest face (embedded by the model's own backbone) and
+    keeps K of them; the restore still writes its one PNG."""
+    out = tmp_path / "out"
+    code = main(["restore", str(photo), "--refs", str(photos_dir), "--top-k", "2", "--out", str(out),
+                 "--models", str(test_models_dir), "--detector", "yunet", "--device", "cpu", "--dtype", "fp32"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    refs = [line for line in printed.out.splitlines() if line.startswith("reference ")]
+    assert len(refs) == 4 and sum("rank " in line for line in refs) == 2 and sum("not in top 2" in line for line in refs) == 2, refs
+    assert [p.name for p in out.iterdir()] == ["astronaut_honestface.png"]

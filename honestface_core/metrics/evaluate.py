@@ -182,7 +182,6 @@ class FolderEvaluator:
         are present (``quality``: the no-reference metrics to try, e.g. ``["MUSIQ", "C-IQA (clipiqa+)"]``; None =
         all three); every metric that cannot run adds a ``skipped: ...`` line."""
         from ..landmarks import load_landmark_detector
-        from ..model_paths import find_model_file_or_bundled
         from . import image_quality as iq
         from .fid import FIDInceptionFeatures
         from .no_reference import load_available
@@ -191,9 +190,9 @@ class FolderEvaluator:
         lm = load_landmark_detector(landmarks, models_dir, device, insightface_pack)  # an actual scheme, not auto
         det = None
         if not aligned:
-            from ..detection import YuNetDetector
+            from ..detection import build_detector
 
-            det = YuNetDetector(find_model_file_or_bundled(models_dir, "facedetection", "face_detection_yunet_2023mar.onnx"))
+            det = build_detector(models_dir, "yunet")
         encoder = _identity_encoder(identity, models_dir, insightface_pack, skipped)
         lpips = inception = dists = None
         try:
@@ -248,26 +247,19 @@ class FolderEvaluator:
         return self._ref_cache[key]
 
     def _embed_references(self, paths: list[Path]) -> tuple[Any, list[str]]:
-        from ..alignment import align_faces
-        from ..detection import detect_faces
+        from ..identity import embed_largest_faces
         from ..images import load_image, uint8_to_tensor
 
-        crops, notes = [], []
-        for p in paths:
-            t = uint8_to_tensor(load_image(p))
-            if self.face_detector is None:
-                crops.append(_resize(t, EVAL_SIZE, EVAL_SIZE))
-                continue
-            faces = detect_faces(self.face_detector, t, "largest")
-            if not faces:
-                notes.append(f"reference {p.name}: no face found, skipped")
-                continue
-            crops.append(align_faces(t, faces, EVAL_SIZE).crops)
-        if not crops:
-            return None, notes
+        images = [uint8_to_tensor(load_image(p)) for p in paths]
+        if self.face_detector is not None:
+            found = embed_largest_faces(images, self.face_detector, self.encoder, EVAL_SIZE)
+            notes = [f"reference {paths[i].name}: no face found, skipped" for i in found.missing]
+            return (found.embeddings if found.image_index else None), notes
+        if not images:
+            return None, []
         import torch
 
-        return self.encoder.embed(torch.cat(crops)), notes
+        return self.encoder.embed(torch.cat([_resize(t, EVAL_SIZE, EVAL_SIZE) for t in images])), []
 
     def evaluate_pair(self, name: str, restored_path: Path, gt_path: Path, ref_paths: list[Path] | None = None) -> dict:
         """One report row: ``{"file", "status", "notes", <column>: value, "_inception": features}``."""
@@ -314,7 +306,7 @@ def _resize(t, h: int, w: int):
 
 def _identity_encoder(identity: str, models_dir, pack: str, skipped: list[str]):
     from ..identity import ArcFaceEncoder, SFaceEncoder
-    from ..model_paths import find_model_file_or_bundled
+    from ..model_paths import opencv_zoo_file
 
     if identity == "none":
         skipped.append("Deg. and Ref-Deg skipped: --identity none")
@@ -326,7 +318,7 @@ def _identity_encoder(identity: str, models_dir, pack: str, skipped: list[str]):
         return ArcFaceEncoder(load_face_analysis(models_dir, pack, allowed_modules=("detection", "recognition")))
     if identity in ("auto", "sface"):
         try:
-            return SFaceEncoder(find_model_file_or_bundled(models_dir, "facedetection", "face_recognition_sface_2021dec.onnx"))
+            return SFaceEncoder(opencv_zoo_file(models_dir, "sface"))
         except HonestFaceError as err:
             skipped.append(f"Deg. and Ref-Deg skipped: {err}")
             return None
