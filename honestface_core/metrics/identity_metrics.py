@@ -1,4 +1,4 @@
-"""Deg and Ref-Deg (SPEC §2): identity angles in degrees between face embeddings.
+"""Deg and Ref-Deg (docs/design.md §3): identity angles in degrees between face embeddings.
 
 Embeddings come from an :class:`honestface_core.identity.IdentityEncoder` (ArcFace for the paper's Deg.; SFace
 works offline). The angle itself is :func:`honestface_core.identity.angle_degrees`.

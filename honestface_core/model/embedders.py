@@ -1,7 +1,7 @@
 """Reference embedders: Face Identity Encoder (-> p_F) and Facial Feature Extractor (-> p_I).
 
 The HonestFace paper names these two branches but its method text is not public, so everything in this module is
-**our choice** (SPEC §1):
+**our choice** (docs/design.md §2):
 
 - :class:`IdentityEncoder`: L2-normalised ArcFace embeddings of K >= 1 references, pooled order-invariantly
   (attention pooling with one learned query, or the mean), then an MLP to N_F tokens of the prompt width.

@@ -1,7 +1,7 @@
 """Frozen torch ArcFace backbone (IResNet), the network of insightface's recognition models.
 
 One backbone serves the Face Identity Encoder (p_F), the Facial Feature Extractor (p_I) and the identity loss
-(L_ID) -- our choice (SPEC §1). The network is the IResNet family of insightface's
+(L_ID) -- our choice (docs/design.md §2). The network is the IResNet family of insightface's
 ``arcface_torch`` (``iresnet18/34/50/100``: antelopev2 ``glintr100.onnx`` is IResNet-100, buffalo_l
 ``w600k_r50.onnx`` is IResNet-50): 112x112 RGB input normalised as ``(x - 127.5) / 127.5``, 512-d output (not
 normalised). The user's ONNX files are read into it by :mod:`.onnx_import`.
