@@ -8,8 +8,8 @@ left as it was). Same math; float rounding may differ in the last bits.
 Batching the 512-pixel stacks (VAE encoder and decoder, VRE encoder) on CPU depends on the thread count (process
 CPU time, bf16, random weights at the real size, 4 images in one batch vs 4 single images, interleaved, paired):
 - several torch threads (torch's default): a batch is cheaper, fewer OpenMP synchronisations per image, and on a
-  busy machine every synchronisation waits for a descheduled thread (AMD EPYC, 2 threads, load ~7: VAE decode
-  0.877-0.899x);
+  busy machine every synchronisation waits for a descheduled thread (AMD EPYC, 2 threads, load 6-10: VAE decode
+  0.877-0.899x, VAE encode 0.824-0.888x, VRE 0.524-0.537x);
 - one thread: a batch costs a little more per image (AMD EPYC: VAE decode 1.02-1.06x, VRE 1.01-1.10x; Xeon: VAE
   decode 22.9 vs 21.2 s, encode 11.3 vs 10.9 s, VRE 3.2 vs 2.8 s), nothing to synchronise and worse cache reuse.
 Our choice: with several threads they run in batches, chunked so that the activations fit in memory; with one thread
