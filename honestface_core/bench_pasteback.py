@@ -185,7 +185,10 @@ def _cmd(args: argparse.Namespace) -> int:
         check_new_file(args.json, "--json")
     img, kps = source_photo(args.photo)
     helper = facexlib_helper()
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}, {os.cpu_count()} CPUs; "
+    from .bench import cpu_name
+
+    print(f"{cpu_name()}; load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}, "
+          f"{os.cpu_count()} CPUs; "
           f"{args.repeats} paired repeats; ratio = ours / facexlib (below 1: ours faster)")
     print(f"{'MP':>5} {'faces':>5} {'thr':>3} {'ours s':>8} {'facexlib s':>10} {'ratio':>6} {'[min..max]':>13} "
           f"{'in mean':>7} {'in p99':>6} {'out max':>7}")

@@ -148,3 +148,19 @@ def test_opencv_and_device_paths_agree(group, device_path):
     support = paste_back(torch.zeros_like(x), torch.ones_like(al.crops), al.matrices, al.image_index).amax(-1) > 0
     change = (out - x).abs().amax(-1) * 255
     assert change[~support].max() == 0 and change[support].mean() < 0.25  # measured 0.223
+
+
+def test_bench_pasteback_runs_both_sides(tmp_path, capsys):
+    """``honestface bench-pasteback`` times ours and facexlib's helper on the same landmarks and reports the round trip."""
+    import json
+
+    from honestface_core.cli import main
+
+    report = tmp_path / "bench.json"
+    assert main(["bench-pasteback", "--sizes", "0.5", "--faces", "6", "--threads", "1", "--repeats", "1",
+                 "--json", str(report)]) == 0
+    (row,) = json.loads(report.read_text())["rows"]
+    assert row["faces"] == 6 and abs(row["megapixels"] - 0.5) < 0.01 and row["ours_s"] > 0 and row["facexlib_s"] > 0
+    assert row["outside_max"] == 0 and row["inside_mean"] < 0.25  # measured 0.214
+    assert "load average" in capsys.readouterr().out
+    assert main(["bench-pasteback", "--json", str(report)]) == 2  # never overwrites a report
