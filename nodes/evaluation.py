@@ -22,7 +22,7 @@ from honestface_core.identity import embed_largest_faces
 from honestface_core.images import as_rgb_batch
 from honestface_core.landmarks import DLIB68_FILE, DLIB68_FOLDER, AWingLandmarks, DlibLandmarks, InsightFaceLandmarks, \
     draw_landmark_overlay
-from honestface_core.metrics.evaluate import CropScores, nanmean, score_crops
+from honestface_core.metrics.evaluate import REPORT_NAMES, CropScores, nanmean, score_crops
 from honestface_core.model_paths import MODEL_FILES, bundled_model_path
 
 from .model_folders import check_choices, models_dir_with
@@ -129,16 +129,16 @@ def _mean(values: np.ndarray | None) -> float:
 
 class LandmarkEvaluation:
     DESCRIPTION = ("Compares restored faces with their ground truth: L2-LD (mean landmark distance), ALD, ALD-e and "
-                   "ALD-m (the distances left after the best affine fit, over all / eye+brow / lip points; our "
-                   "definition of the paper's affine landmark distance), Deg. (identity angle to the ground truth) "
+                   "ALD-m, labelled '(ours)' (the distances left after the best affine fit, over all / eye+brow / lip points; "
+                   "our definition, not the paper's unpublished formula), Deg. (identity angle to the ground truth) "
                    "and Ref-Deg (angle to the mean of the references), plus PSNR/SSIM on Y. Units: pixels of a 512 "
                    "crop. Outputs the means (-1 = not computed), a JSON report shown on the node with per-image "
                    "values and the images without a face (never dropped), and an overlay of both landmark sets.")
     CATEGORY = "HonestFace/evaluation"
     RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "FLOAT", "FLOAT", "FLOAT", "STRING", "IMAGE")
     RETURN_NAMES = ("l2_ld", "ald", "ald_e", "ald_m", "deg", "ref_deg", "report", "overlay")
-    OUTPUT_TOOLTIPS = ("Mean L2 landmark distance (px of a 512 crop).", "Mean ALD over all points.",
-                       "Mean ALD over the eye and brow points.", "Mean ALD over the lip points.",
+    OUTPUT_TOOLTIPS = ("Mean L2 landmark distance (px of a 512 crop).", "Mean ALD (ours) over all points.",
+                       "Mean ALD (ours) over the eye and brow points.", "Mean ALD (ours) over the lip points.",
                        "Mean identity angle restored vs ground truth (degrees; -1 without an identity model).",
                        "Mean identity angle restored vs the references' mean (degrees; -1 without references).",
                        "JSON report: per-image values, means, scheme, encoder, images without face/landmarks.",
@@ -229,8 +229,8 @@ class LandmarkEvaluation:
             "identity_encoder": getattr(encoder, "name", "none") if encoder is not None else "none",
             "input_kind": input_kind, "units": "pixels of a 512x512 aligned crop",
             "images": int(restored.shape[0]), "no_face_images": no_face, "no_landmarks_images": no_lmk,
-            "mean": {col: _json_float(nanmean(v.tolist())) for col, v in scores.values.items()},
-            "per_image": {col: [_json_float(x) for x in v.tolist()] for col, v in scores.values.items()},
+            "mean": {REPORT_NAMES.get(col, col): _json_float(nanmean(v.tolist())) for col, v in scores.values.items()},
+            "per_image": {REPORT_NAMES.get(col, col): [_json_float(x) for x in v.tolist()] for col, v in scores.values.items()},
             "notes": notes,
         }
         text = json.dumps(report, indent=1)

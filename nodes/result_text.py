@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 MAX_LINES = 24  # longer summaries end with "... N more" (the JSON report keeps every value)
-LANDMARK_COLUMNS = (("L2-LD", "L2-LD"), ("ALD", "ALD"), ("ALD-e", "eyes"), ("ALD-m", "mouth"),
+LANDMARK_COLUMNS = (("L2-LD", "L2-LD"), ("ALD (ours)", "ALD (ours)"), ("ALD-e (ours)", "eyes"), ("ALD-m (ours)", "mouth"),
                     ("Deg.", "Deg"), ("Ref-Deg", "Ref-Deg"))
 
 

@@ -72,7 +72,7 @@ def test_detect_and_align_photos(comfy, opencv, dlib, photos):
     assert report["scheme"] == "dlib68" and report["identity_encoder"] == "sface"
     assert report["no_face_images"] == [2]  # counted, never dropped
     per = report["per_image"]
-    assert per["ALD"][2] is None and per["ALD"][0] < 3.0
+    assert per["ALD (ours)"][2] is None and per["ALD (ours)"][0] < 3.0
     assert per["Deg."][1] > per["Deg."][0] + 20 and per["Ref-Deg"][0] < per["Ref-Deg"][1]
     assert overlay.shape == (3, 512, 512, 3) and 0 <= overlay.min() and overlay.max() <= 1
     assert all(isinstance(v, float) for v in (l2, ald, ald_e, ald_m, deg, ref_deg)) and ref_deg >= 0
@@ -90,7 +90,7 @@ def test_aligned_crops_and_random_weight_loaders(comfy, test_models_dir):
     out = comfy.run("HonestFaceLandmarkEvaluation", restored=crops, ground_truth=crops.flip(1),
                     input_kind="aligned crops", insightface_scheme="ins106 (2d106det)", landmark_model=awing)
     report = json.loads(out["result"][6])
-    assert report["scheme"] == "wflw98" and len(report["per_image"]["ALD"]) == 1
+    assert report["scheme"] == "wflw98" and len(report["per_image"]["ALD (ours)"]) == 1
     assert out["result"][4] == -1.0 and out["result"][7].shape == (1, 512, 512, 3)  # no identity model: Deg -1
 
     from honestface_core.insightface_models import load_face_analysis
@@ -127,7 +127,7 @@ def test_example_workflow_runs_in_server(comfy_server, photos_dir):
     assert entry["status"]["status_str"] == "success", entry["status"]
     node_out = entry["outputs"]["5"]
     report = json.loads(node_out["text"][0])
-    assert report["no_face_images"] == [] and report["mean"]["ALD"] < 3.0
+    assert report["no_face_images"] == [] and report["mean"]["ALD (ours)"] < 3.0
     saved = output_files(entry, comfy_server.output_dir)
     assert len(saved) == 1 and Image.open(saved[0]).size == (512, 512)
 

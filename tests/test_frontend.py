@@ -57,13 +57,13 @@ def test_landmark_evaluation_shows_a_line_per_image(comfy_inprocess, astronaut, 
     assert out["ui"]["text"] == [out["result"][6]]
     lines = out["ui"]["summary"][0].splitlines()
     assert lines[0].startswith("dlib68 landmarks, identity: sface")
-    v = {k: report["per_image"][k][0] for k in ("L2-LD", "ALD", "ALD-e", "ALD-m", "Deg.")}
-    assert lines[1] == (f"image 0: L2-LD {v['L2-LD']:.2f}  ALD {v['ALD']:.2f}  eyes {v['ALD-e']:.2f}  "
-                        f"mouth {v['ALD-m']:.2f}  Deg {v['Deg.']:.2f}°")
+    v = {k: report["per_image"][k][0] for k in ("L2-LD", "ALD (ours)", "ALD-e (ours)", "ALD-m (ours)", "Deg.")}
+    assert lines[1] == (f"image 0: L2-LD {v['L2-LD']:.2f}  ALD (ours) {v['ALD (ours)']:.2f}  eyes {v['ALD-e (ours)']:.2f}  "
+                        f"mouth {v['ALD-m (ours)']:.2f}  Deg {v['Deg.']:.2f}°")
     assert lines[2] == "image 1: no face found in the ground truth" and report["no_face_images"] == [1]
     assert lines[3].startswith("mean of 1/2: L2-LD ") and len(lines) == 4
     # the scores a user compares are outputs other nodes can take
-    assert out["result"][1] == pytest.approx(report["mean"]["ALD"], abs=1e-6) and out["result"][4] > 0
+    assert out["result"][1] == pytest.approx(report["mean"]["ALD (ours)"], abs=1e-6) and out["result"][4] > 0
 
 
 @pytest.mark.comfy
