@@ -18,7 +18,9 @@ waiting OpenMP threads spin and their spinning under load counts as CPU time). R
 repeats; beside them the ratio of the best (minimum) of the repeats, as ``timeit`` reports, and the stage-sum
 estimate (VRE + LQ backbone + embedders + fusion) over (VAE encode + UNet + VAE decode) from the stage medians.
 Batching: one call over single calls, the median of the per-repeat ratios (each repeat's three sides ran back to
-back, so slow phases of a shared machine cancel).
+back, so slow phases of a shared machine cancel). The overhead is also given that way; both paired ratios come with
+their spread (min, max) and count as settled only when at least 3 repeats fall on the same side of the target (see
+:func:`paired`); otherwise a warning is printed under the tables. The header names the CPU and the load average.
 """
 
 from __future__ import annotations
