@@ -241,11 +241,12 @@ class HonestFaceModel(nn.Module):
         return self.generator.denoise(z_lq, prompt, keep)
 
     def forward(self, lq: torch.Tensor, refs: RefsInput = None, clamp: bool = True) -> torch.Tensor:
-        """Restore ``lq`` (B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1]."""
+        """Restore ``lq`` (B, 3, H, W) in [-1, 1] -> (B, 3, H, W) in [-1, 1], in ``lq``'s dtype (the VAE may run in
+        fp32 inside an fp16 model, see :class:`~.generator.OneStepGenerator`)."""
         prompt, keep = self.encode_prompt_masked(lq, refs)
         with torch.no_grad():
             z_lq = self.generator.encode(lq)
-        return self.generator.decode(self.restore_latent(z_lq, prompt, keep), clamp=clamp)
+        return self.generator.decode(self.restore_latent(z_lq, prompt, keep), clamp=clamp).to(lq.dtype)
 
 
 def _check_image(x: torch.Tensor, name: str) -> None:
