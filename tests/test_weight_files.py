@@ -26,7 +26,7 @@ from honestface_core.errors import HonestFaceError
 from honestface_core.model.base_model import load_base_model
 from honestface_core.model.config import HonestFaceConfig
 from honestface_core.model.osdface import VRE_FILE, load_osdface, read_vre_checkpoint
-from honestface_core.testing.honestface_files import CHECKPOINT_NAME, write_honestface_test_models
+from honestface_core.testing.honestface_files import CHECKPOINT_NAME
 from honestface_core.weight_files import read_state_dict, read_weights_file
 
 #: the classes Lightning 1.0.x and OmegaConf 2.3 pickle by module path
@@ -126,16 +126,9 @@ def own_allow_list() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("models")
-    write_honestface_test_models(root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def vre_state(models) -> dict[str, torch.Tensor]:
+def vre_state(test_models_dir) -> dict[str, torch.Tensor]:
     """The (plain) tiny associate_2.ckpt's state dict: vqvae_LQ.encoder.* / quant_conv.* / quantize.* and others."""
-    return torch.load(models / "honestface" / "osdface" / VRE_FILE, weights_only=True)["state_dict"]
+    return torch.load(test_models_dir / "honestface" / "osdface" / VRE_FILE, weights_only=True)["state_dict"]
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -169,7 +162,8 @@ def test_lightning_vre_checkpoint_loads_without_lightning(tmp_path, vre_state, f
     assert torch.equal(vre["codebook.weight"], vre_state["vqvae_LQ.quantize.embedding.weight"])
 
 
-def test_osdface_model_loads_lightning_checkpoint(tmp_path, models, vre_state):
+def test_osdface_model_loads_lightning_checkpoint(tmp_path, test_models_dir, vre_state):
+    models = test_models_dir
     folder = tmp_path / "osdface"
     folder.mkdir()
     for name in os.listdir(models / "honestface" / "osdface"):
@@ -181,7 +175,8 @@ def test_osdface_model_loads_lightning_checkpoint(tmp_path, models, vre_state):
     assert torch.equal(model.vre.encoder.conv_in.weight, vre_state["vqvae_LQ.encoder.conv_in.weight"])
 
 
-def test_sd_lightning_ckpt_reads_like_the_safetensors_file(tmp_path, models):
+def test_sd_lightning_ckpt_reads_like_the_safetensors_file(tmp_path, test_models_dir):
+    models = test_models_dir
     """An SD single-file .ckpt as Lightning saved it (numpy float64 in the scheduler state, as old SD files hold
     numpy scalars) gives the same UNet and VAE as the tiny single-file safetensors."""
     single = models / "checkpoints" / CHECKPOINT_NAME
