@@ -94,7 +94,8 @@ def test_tiny_training_overfits_and_updates_both_players(overfit_run, capsys):
     loss goes down, the restored crops end at least 15 % closer to the targets (MSE) than both the degraded inputs
     and the untrained model's output, the discriminator is updated, and everything is logged.
 
-    Measured on AMD EPYC with 1 and 2 threads: after / lq = 0.726 both. (Whether the *untrained* model's output is
+    Measured on AMD EPYC: after / lq = 0.776 with 1 thread, 0.783 with 2 (0.727 / 0.726 before the CPU warps of
+    alignment changed the crops slightly). (Whether the *untrained* model's output is
     a little better or worse than the input is a property of the random base, not of training; it is not asserted.)
     """
     h = overfit_run["history"]
