@@ -20,12 +20,12 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .alignment import AlignedFaces, align_faces, check_aligned_crops
-from .detection import DetectedFace, FaceDetector, detect_faces, parse_selection, select_faces
-from .errors import HonestFaceError, MissingModelError
-from .images import as_rgb_batch
-from .pasteback import paste_back
-from .references import ReferenceSet
+from honestface_core.face.alignment import AlignedFaces, align_faces, check_aligned_crops
+from honestface_core.face.detection import DetectedFace, FaceDetector, detect_faces, parse_selection, select_faces
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.files.images import as_rgb_batch
+from honestface_core.face.pasteback import paste_back
+from honestface_core.face.references import ReferenceSet
 
 MIN_CROP_SIZE = 64
 CROP_SIZE_ADVICE = "Align faces at 512 pixels (the size the model restores)"
@@ -90,7 +90,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def find_backbone_file(models_dir: str | os.PathLike, name: str) -> Path:
     """``<name>.onnx`` in an insightface pack folder (``models/insightface/models/<pack>/``): the pack the model
     file table names first, then any other pack folder."""
-    from .model_paths import MODEL_FILES, find_model_file
+    from honestface_core.files.model_paths import MODEL_FILES, find_model_file
 
     filename = f"{name}.onnx"
     known = [m.folder for m in MODEL_FILES if m.filename == filename]
@@ -105,8 +105,8 @@ def find_backbone_file(models_dir: str | os.PathLike, name: str) -> Path:
 def attach_backbone(model, onnx_path: str | os.PathLike) -> None:
     """Load the insightface recogniser into a :class:`FaceBackbone` whose feature stage has the width the model
     was trained with, and attach it on the model's device and dtype."""
-    from .model.iresnet import FaceBackbone
-    from .model.onnx_import import load_iresnet_from_onnx
+    from honestface_core.model.iresnet import FaceBackbone
+    from honestface_core.model.onnx_import import load_iresnet_from_onnx
 
     net = load_iresnet_from_onnx(onnx_path)
     want = int(model.config.features.backbone_channels)
@@ -133,21 +133,21 @@ def load_restorer(models_dir: str | os.PathLike, device: str | torch.device = "a
     The face backbone (``<config.features.backbone>.onnx`` from an insightface pack) is attached when found;
     without it the model restores blind only (a warning is logged).
     """
-    from .model.base_model import find_base_model
+    from honestface_core.model.base_model import find_base_model
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     models_dir = Path(models_dir)
     base_path = Path(base) if base is not None else find_base_model(models_dir)
     if bundle == "osdface":
-        from .model.osdface import load_osdface
+        from honestface_core.model.osdface import load_osdface
 
         model = load_osdface(models_dir / "honestface" / "osdface", base_path, device, dtype, merge_lora=merge_lora)
         if compile_modules:
             model.generator.compile_modules()
         return model
-    from .model.bundle import load_honestface
-    from .model_paths import find_model_file
+    from honestface_core.model.bundle import load_honestface
+    from honestface_core.files.model_paths import find_model_file
 
     bundle_path = find_model_file(models_dir, "honestface", bundle)
     model = load_honestface(bundle_path, base_path, device, dtype, merge_lora=merge_lora)
@@ -223,7 +223,7 @@ class ReferencePieces:
 
     def batch(self, n: int):
         """A ``ReferenceBatch`` for ``n`` faces that all use these references (expanded views, no copies)."""
-        from .model.honestface import ReferenceBatch
+        from honestface_core.model.honestface import ReferenceBatch
 
         k = self.embeddings.shape[1]
         return ReferenceBatch(images=None, mask=torch.ones(n, k, dtype=torch.bool, device=self.embeddings.device),
@@ -406,12 +406,12 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
     Args:
         model: a loaded ``HonestFaceModel``.
         images: ``(B, H, W, 3)`` float [0, 1].
-        detector: any :class:`~honestface_core.detection.FaceDetector`.
+        detector: any :class:`~honestface_core.face.detection.FaceDetector`.
         refs: the person's references, or None (blind).
         selection: ``"all"``, ``"largest"`` or indices such as ``"0,2"`` (per image, left to right); an index that
             an image with faces does not have is an error (:func:`check_face_indices`).
         crop_size: aligned crop side (512 = the model's native size).
-        parser: optional :class:`~honestface_core.parsing.FaceParser` for the paste-back mask (else feathered).
+        parser: optional :class:`~honestface_core.face.parsing.FaceParser` for the paste-back mask (else feathered).
         color_correction: ``"none"``, ``"adain"`` or ``"wavelet"`` toward the original crops.
         chunk_size, progress, interrupt: as in :func:`restore_crops` (progress counts restored faces).
         image_names: names of the batch images for messages (e.g. file names).

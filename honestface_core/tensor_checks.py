@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .errors import HonestFaceError
+from honestface_core.errors import HonestFaceError
 
 
 def first_non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:

@@ -8,10 +8,10 @@ import comfy.model_management as mm
 import comfy.utils
 import torch
 
-from honestface_core.alignment import align_faces
-from honestface_core.detection import detect_faces
-from honestface_core.images import as_rgb_batch
-from honestface_core.parsing import feathered_mask
+from honestface_core.face.alignment import align_faces
+from honestface_core.face.detection import detect_faces
+from honestface_core.files.images import as_rgb_batch
+from honestface_core.face.parsing import feathered_mask
 
 from .types import FACES, FACEANALYSIS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector
 

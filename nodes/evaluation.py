@@ -14,16 +14,16 @@ import folder_paths
 import numpy as np
 import torch
 
-from honestface_core.alignment import align_faces
-from honestface_core.detection import detect_faces
+from honestface_core.face.alignment import align_faces
+from honestface_core.face.detection import detect_faces
 from honestface_core.errors import HonestFaceError, MissingModelError
-from honestface_core.facexlib_models import AWING_FILE
-from honestface_core.identity import embed_largest_faces
-from honestface_core.images import as_rgb_batch
-from honestface_core.landmarks import DLIB68_FILE, DLIB68_FOLDER, AWingLandmarks, DlibLandmarks, InsightFaceLandmarks, \
+from honestface_core.files.facexlib_models import AWING_FILE
+from honestface_core.face.identity import embed_largest_faces
+from honestface_core.files.images import as_rgb_batch
+from honestface_core.face.landmarks import DLIB68_FILE, DLIB68_FOLDER, AWingLandmarks, DlibLandmarks, InsightFaceLandmarks, \
     draw_landmark_overlay
 from honestface_core.metrics.evaluate import REPORT_NAMES, CropScores, nanmean, score_crops
-from honestface_core.model_paths import MODEL_FILES, bundled_model_path
+from honestface_core.files.model_paths import MODEL_FILES, bundled_model_path
 
 from .model_folders import check_choices, models_dir_with
 from .result_text import landmark_summary, ui_text

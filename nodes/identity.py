@@ -9,8 +9,8 @@ import comfy.utils
 import torch
 
 from honestface_core.errors import HonestFaceError
-from honestface_core.identity import angle_degrees, cosine_similarity, embed_largest_faces
-from honestface_core.images import as_rgb_batch
+from honestface_core.face.identity import angle_degrees, cosine_similarity, embed_largest_faces
+from honestface_core.files.images import as_rgb_batch
 
 from .result_text import similarity_summary, ui_text
 from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector, pick_encoder

@@ -11,13 +11,13 @@ from pathlib import Path
 import comfy.model_management as mm
 import folder_paths
 
-from honestface_core.detection import RetinaFaceDetector, YuNetDetector
+from honestface_core.face.detection import RetinaFaceDetector, YuNetDetector
 from honestface_core.errors import HonestFaceError, MissingModelError
-from honestface_core.facexlib_models import BISENET_FILE, PARSENET_FILE, RETINAFACE_FILES
-from honestface_core.identity import SFaceEncoder
-from honestface_core.insightface_models import INSIGHTFACE_PACKS, PACKS_FOLDER, load_face_analysis
-from honestface_core.model_paths import FACEXLIB_URL, INSIGHTFACE_URL, MODEL_FILES, bundled_model_path
-from honestface_core.parsing import FaceParser
+from honestface_core.files.facexlib_models import BISENET_FILE, PARSENET_FILE, RETINAFACE_FILES
+from honestface_core.face.identity import SFaceEncoder
+from honestface_core.files.insightface_models import INSIGHTFACE_PACKS, PACKS_FOLDER, load_face_analysis
+from honestface_core.files.model_paths import FACEXLIB_URL, INSIGHTFACE_URL, MODEL_FILES, bundled_model_path
+from honestface_core.face.parsing import FaceParser
 
 from .model_folders import check_choices, models_dir_with
 from .types import FACEXLIB_HELPER, OPENCV_FACE, FacexlibModels, OpenCVFaceModels

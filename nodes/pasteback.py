@@ -5,8 +5,8 @@ from __future__ import annotations
 import comfy.model_management as mm
 
 from honestface_core.errors import HonestFaceError
-from honestface_core.images import as_rgb_batch
-from honestface_core.pasteback import paste_back
+from honestface_core.files.images import as_rgb_batch
+from honestface_core.face.pasteback import paste_back
 
 from .detection import face_masks
 from .types import FACES, FACEXLIB_HELPER, FACEXLIB_TOOLTIP

@@ -13,7 +13,7 @@ import folder_paths
 import torch
 
 from honestface_core.errors import HonestFaceError
-from honestface_core.images import as_rgb_batch
+from honestface_core.files.images import as_rgb_batch
 from honestface_core.metrics.image_quality import MetricUnavailable
 from honestface_core.metrics.iqa_files import pyiqa_cache_dir
 from honestface_core.metrics.no_reference import describe, load_no_reference_metric, metric_choices

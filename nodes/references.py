@@ -10,9 +10,9 @@ import comfy.model_management as mm
 import folder_paths
 
 from honestface_core.errors import HonestFaceError
-from honestface_core.identity import embed_largest_faces
-from honestface_core.images import as_rgb_batch, tensor_to_uint8
-from honestface_core.references import (MIN_CROP_SIZE, check_relative_name, load_identity_set, prepare_references,
+from honestface_core.face.identity import embed_largest_faces
+from honestface_core.files.images import as_rgb_batch, tensor_to_uint8
+from honestface_core.face.references import (MIN_CROP_SIZE, check_relative_name, load_identity_set, prepare_references,
                                         read_reference_folder, resolve_reference_folder, save_identity_set)
 
 from .result_text import ui_text

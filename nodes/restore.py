@@ -12,8 +12,8 @@ import folder_paths
 import torch
 
 from honestface_core.errors import HonestFaceError, MissingModelError
-from honestface_core.images import as_rgb_batch
-from honestface_core.model_paths import MODEL_FILES
+from honestface_core.files.images import as_rgb_batch
+from honestface_core.files.model_paths import MODEL_FILES
 from honestface_core.pipeline import attach_backbone, restore_crops, restore_images
 
 from .detection import warn_images_without_faces

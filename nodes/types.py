@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from honestface_core.detection import FaceDetector, InsightFaceDetector, RetinaFaceDetector, YuNetDetector
+from honestface_core.face.detection import FaceDetector, InsightFaceDetector, RetinaFaceDetector, YuNetDetector
 from honestface_core.errors import HonestFaceError
-from honestface_core.identity import ArcFaceEncoder, IdentityEncoder, SFaceEncoder
-from honestface_core.parsing import FaceParser
+from honestface_core.face.identity import ArcFaceEncoder, IdentityEncoder, SFaceEncoder
+from honestface_core.face.parsing import FaceParser
 
 FACEANALYSIS = "FACEANALYSIS,INSIGHTFACE,FACE_ANALYSIS"
 """insightface ``FaceAnalysis`` as cubiq's InstantID / PuLID loaders name it; inputs accept all three names."""

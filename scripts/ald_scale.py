@@ -39,9 +39,9 @@ def degradations(seed: int = 0) -> dict[str, callable]:
 
 def aligned_crops(paths: list[Path], models: str) -> np.ndarray:
     """All faces of the photos as (N, 512, 512, 3) uint8 crops."""
-    from honestface_core.alignment import align_faces
-    from honestface_core.detection import build_detector, detect_faces
-    from honestface_core.images import load_image, tensor_to_uint8, uint8_to_tensor
+    from honestface_core.face.alignment import align_faces
+    from honestface_core.face.detection import build_detector, detect_faces
+    from honestface_core.files.images import load_image, tensor_to_uint8, uint8_to_tensor
 
     det = build_detector(models, "yunet")
     crops = []
@@ -54,8 +54,8 @@ def aligned_crops(paths: list[Path], models: str) -> np.ndarray:
 
 
 def main() -> None:
-    from honestface_core.images import uint8_to_tensor
-    from honestface_core.landmarks import load_landmark_detector
+    from honestface_core.files.images import uint8_to_tensor
+    from honestface_core.face.landmarks import load_landmark_detector
     from honestface_core.metrics import landmark_distances
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

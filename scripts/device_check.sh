@@ -3,7 +3,7 @@
 # without and with torch.compile, and one real-size bf16 training step (random weights), on a CUDA GPU.
 #   bash scripts/device_check.sh             on a machine with a CUDA GPU (the check itself stays under 8 minutes)
 #   bash scripts/device_check.sh --dry-run   on a CPU with the tiny model: checks the script end to end
-# Other options: python -m honestface_core.device_check --help. Installs only from the package registries
+# Other options: python -m honestface_core.cli.device_check --help. Installs only from the package registries
 # (scripts/setup.sh: PyPI's torch 2.13.0, which is the CUDA build, and requirements.txt; accelerate for the training
 # step), and only what .venv lacks. Nothing is downloaded at run time (HF_HUB_OFFLINE=1); nothing is written.
 set -euo pipefail
@@ -20,4 +20,4 @@ echo "[device_check] environment ready in $((SECONDS - start)) s"
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
-exec .venv/bin/python -m honestface_core.device_check "$@"
+exec .venv/bin/python -m honestface_core.cli.device_check "$@"

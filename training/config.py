@@ -37,7 +37,7 @@ class DataConfig:
     refs_max: int = 4
     ref_dropout: float = 0.2  # probability of a blind sample (no references): one model serves both modes
     near_duplicate_threshold: float = 2.0  # mean abs difference (0..255) of 16x16 grey thumbnails; below = duplicate
-    detector: str = "yunet"  # detector backend of honestface_core.detection used for alignment
+    detector: str = "yunet"  # detector backend of honestface_core.face.detection used for alignment
     detector_path: str = ""  # model file of that detector ("" = the default location)
     models_dir: str = ""  # ComfyUI-style models/ folder for detector/parser/backbone files
     num_workers: int = 0

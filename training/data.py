@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from honestface_core.errors import HonestFaceError
-from honestface_core.images import IMAGE_EXTENSIONS, load_image
+from honestface_core.files.images import IMAGE_EXTENSIONS, load_image
 from training.config import DataConfig, DatasetSpec
 from training.degradation import DegradationConfig, degrade, sample_rng
 
@@ -69,10 +69,10 @@ def resize_aligner(resolution: int) -> Aligner:
 
 
 def build_detector(cfg: DataConfig):
-    """The detector named by ``data.detector`` (any kind of :func:`honestface_core.detection.build_detector`;
+    """The detector named by ``data.detector`` (any kind of :func:`honestface_core.face.detection.build_detector`;
     ``yunet`` reads ``data.detector_path`` when set)."""
-    from honestface_core.detection import YuNetDetector, build_detector as core_detector
-    from honestface_core.model_paths import default_models_dir
+    from honestface_core.face.detection import YuNetDetector, build_detector as core_detector
+    from honestface_core.files.model_paths import default_models_dir
 
     if cfg.detector == "yunet" and cfg.detector_path:
         return YuNetDetector(cfg.detector_path)
@@ -81,8 +81,8 @@ def build_detector(cfg: DataConfig):
 
 def core_aligner(cfg: DataConfig) -> Aligner:
     """Detect with the core detector (largest face, our choice) and FFHQ-align with ``align_faces``."""
-    from honestface_core.alignment import align_faces
-    from honestface_core.detection import select_faces
+    from honestface_core.face.alignment import align_faces
+    from honestface_core.face.detection import select_faces
 
     detector = build_detector(cfg)
 

@@ -24,7 +24,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from honestface_core.errors import HonestFaceError
-from honestface_core.model_paths import default_models_dir
+from honestface_core.files.model_paths import default_models_dir
 from training import checkpoint as ckpt
 from training.config import TrainConfig, config_to_dict
 from training.data import FaceRestorationDataset, PositionSampler

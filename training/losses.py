@@ -17,7 +17,7 @@ from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.metrics.image_quality import (DISTS_FILE, DISTSMetric, dists_weight_candidates, find_weight_file,
                                                    torch_checkpoints_dir)
 from honestface_core.metrics.vgg16 import VGG16_FILE, VGG16_TAP_CHANNELS, load_vgg16_features, vgg16_features, vgg16_taps
-from honestface_core.weight_files import load_weights, read_state_dict
+from honestface_core.files.weight_files import load_weights, read_state_dict
 from training.config import LossConfig
 
 log = logging.getLogger(__name__)

@@ -187,7 +187,7 @@ class TrainingForward(nn.Module):
 def ellipse_mask(size: int, n: int, device: torch.device | str = "cpu", feather: float = 0.04) -> torch.Tensor:
     """Fallback L_MFA mask (our choice): an ellipse over the inner face of the FFHQ template (centre (0.5, 0.56),
     semi-axes (0.29, 0.36) of the crop side), Gaussian-feathered with sigma ``feather * size``; (n, 1, S, S)."""
-    from honestface_core.parsing import gaussian_blur
+    from honestface_core.face.parsing import gaussian_blur
 
     t = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size
     y, x = torch.meshgrid(t, t, indexing="ij")
@@ -196,8 +196,8 @@ def ellipse_mask(size: int, n: int, device: torch.device | str = "cpu", feather:
 
 
 def load_face_parser(kind: str, models_dir: str | Path):
-    """facexlib ParseNet/BiSeNet from ``models_dir/facexlib`` (see ``honestface_core.parsing``)."""
-    from honestface_core.parsing import FaceParser
+    """facexlib ParseNet/BiSeNet from ``models_dir/facexlib`` (see ``honestface_core.face.parsing``)."""
+    from honestface_core.face.parsing import FaceParser
 
     return FaceParser.from_models_dir(models_dir, kind)
 
@@ -207,7 +207,7 @@ def face_region_mask(hq: torch.Tensor, parser=None) -> torch.Tensor:
     """(B, 1, S, S) soft mask of skin, brows, eyes, nose and lips of ``hq`` ([-1, 1]); ellipse if no parser."""
     if parser is None:
         return ellipse_mask(hq.shape[-1], hq.shape[0], hq.device).to(hq.dtype)
-    from honestface_core.parsing import FACE_REGION_LABELS, region_mask
+    from honestface_core.face.parsing import FACE_REGION_LABELS, region_mask
 
     labels = parser.parse(((hq.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1))
     return region_mask(labels, FACE_REGION_LABELS, feather=0.02, margin=0.02)[:, None].to(hq.dtype)

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-from .landmark_distance import landmark_distances
-from .schemes import get_scheme
+from honestface_core.metrics.landmark_distance import landmark_distances
+from honestface_core.metrics.schemes import get_scheme
 
 
 def run(pairs: int = 100_000, scheme: str = "wflw98", repeats: int = 3, seed: int = 0) -> dict:

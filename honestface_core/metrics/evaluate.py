@@ -37,7 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import HonestFaceError
+from honestface_core.errors import HonestFaceError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 #: report columns, in order (the paper's names, then ours); only the computed ones appear in a report. Our ALD is
@@ -79,7 +79,7 @@ def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddi
 
     Args:
         restored, gt: equally shaped crop batches (S is rescaled to 512 for the landmark metrics).
-        landmark_detector: a :class:`honestface_core.landmarks.LandmarkDetector`.
+        landmark_detector: a :class:`honestface_core.face.landmarks.LandmarkDetector`.
         encoder: optional identity encoder for Deg. (and Ref-Deg with ``reference_embeddings``).
         reference_embeddings: ``(K, D)`` embeddings for every face, or a list of N such tensors (one per face;
             None or empty entries give NaN), from the same ``encoder``.
@@ -88,9 +88,9 @@ def score_crops(restored, gt, landmark_detector, encoder=None, reference_embeddi
         no_reference: loaded no-reference metrics (:mod:`honestface_core.metrics.no_reference`), each giving the
             column named by its ``name``.
     """
-    from .identity_metrics import deg, ref_deg
-    from .image_quality import psnr_y, ssim_y
-    from .landmark_distance import landmark_distances
+    from honestface_core.metrics.identity_metrics import deg, ref_deg
+    from honestface_core.metrics.image_quality import psnr_y, ssim_y
+    from honestface_core.metrics.landmark_distance import landmark_distances
 
     n = restored.shape[0]
     if gt.shape != restored.shape:
@@ -181,16 +181,16 @@ class FolderEvaluator:
         """Load the landmark detector, face detector, identity encoder and the optional image metrics whose weights
         are present (``quality``: the no-reference metrics to try, e.g. ``["MUSIQ", "C-IQA (clipiqa+)"]``; None =
         all three); every metric that cannot run adds a ``skipped: ...`` line."""
-        from ..landmarks import load_landmark_detector
-        from . import image_quality as iq
-        from .fid import FIDInceptionFeatures
-        from .no_reference import load_available
+        from honestface_core.face.landmarks import load_landmark_detector
+        from honestface_core.metrics import image_quality as iq
+        from honestface_core.metrics.fid import FIDInceptionFeatures
+        from honestface_core.metrics.no_reference import load_available
 
         skipped: list[str] = []
         lm = load_landmark_detector(landmarks, models_dir, device, insightface_pack)  # an actual scheme, not auto
         det = None
         if not aligned:
-            from ..detection import build_detector
+            from honestface_core.face.detection import build_detector
 
             det = build_detector(models_dir, "yunet")
         encoder = _identity_encoder(identity, models_dir, insightface_pack, skipped)
@@ -215,9 +215,9 @@ class FolderEvaluator:
         has no face; plus notes about resizing."""
         import torch
 
-        from ..alignment import align_faces
-        from ..detection import detect_faces
-        from ..images import load_image, uint8_to_tensor
+        from honestface_core.face.alignment import align_faces
+        from honestface_core.face.detection import detect_faces
+        from honestface_core.files.images import load_image, uint8_to_tensor
 
         notes: list[str] = []
         rt, gt = uint8_to_tensor(load_image(restored_path)), uint8_to_tensor(load_image(gt_path))
@@ -247,8 +247,8 @@ class FolderEvaluator:
         return self._ref_cache[key]
 
     def _embed_references(self, paths: list[Path]) -> tuple[Any, list[str]]:
-        from ..identity import embed_largest_faces
-        from ..images import load_image, uint8_to_tensor
+        from honestface_core.face.identity import embed_largest_faces
+        from honestface_core.files.images import load_image, uint8_to_tensor
 
         images = [uint8_to_tensor(load_image(p)) for p in paths]
         if self.face_detector is not None:
@@ -305,15 +305,15 @@ def _resize(t, h: int, w: int):
 
 
 def _identity_encoder(identity: str, models_dir, pack: str, skipped: list[str]):
-    from ..identity import ArcFaceEncoder, SFaceEncoder
-    from ..model_paths import opencv_zoo_file
+    from honestface_core.face.identity import ArcFaceEncoder, SFaceEncoder
+    from honestface_core.files.model_paths import opencv_zoo_file
 
     if identity == "none":
         skipped.append("Deg. and Ref-Deg skipped: --identity none")
         return None
     pack_dir = Path(models_dir) / "insightface" / "models" / pack
     if identity == "arcface" or (identity == "auto" and pack_dir.is_dir()):
-        from ..insightface_models import load_face_analysis
+        from honestface_core.files.insightface_models import load_face_analysis
 
         return ArcFaceEncoder(load_face_analysis(models_dir, pack, allowed_modules=("detection", "recognition")))
     if identity in ("auto", "sface"):
@@ -339,7 +339,7 @@ def _reference_paths(refs_dir: Path | None, name: str) -> list[Path] | None:
 
 def build_report(rows: list[dict], meta: dict, skipped: list[str]) -> dict:
     """Columns present, per-image rows, means over the finite values, FID over the set, failure counts."""
-    from .fid import frechet_distance
+    from honestface_core.metrics.fid import frechet_distance
 
     rows = sorted(rows, key=lambda r: r["file"])
     feats = [r.pop("_inception") for r in rows if "_inception" in r]
@@ -424,7 +424,7 @@ def _report_writer(out: str | os.PathLike):
 def check_report_path(out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Check a report path before any work: a known extension, not an existing file (unless ``overwrite``), not a
     symlink or folder, in a folder that is or can be created writable. Returns the absolute path."""
-    from ..outputs import check_new_file
+    from honestface_core.files.outputs import check_new_file
 
     _report_writer(out)
     return check_new_file(out, "--out", overwrite, "--overwrite")
@@ -433,7 +433,7 @@ def check_report_path(out: str | os.PathLike, overwrite: bool = False) -> Path:
 def write_report(report: dict, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``report`` as ``.json``, ``.csv`` or ``.md`` by the file's extension; an existing file is replaced
     only with ``overwrite`` (atomically), a symlink never."""
-    from ..outputs import write_file
+    from honestface_core.files.outputs import write_file
 
     text = _report_writer(out)(report)
     return write_file(out, text.encode("utf-8"), "--out", overwrite, "--overwrite")
@@ -455,7 +455,7 @@ def _distributed_state():
 def resolve_landmarks(landmarks: str, models_dir) -> tuple[str, str]:
     """``(scheme, description for the report)``; ``auto`` is ``wflw98`` (facexlib AWing, prior work's LMD) when its
     file is in ``<models>/facexlib``, else ``dlib68`` with the reason."""
-    from ..facexlib_models import AWING_FILE, FOLDER
+    from honestface_core.files.facexlib_models import AWING_FILE, FOLDER
 
     if landmarks != AUTO_LANDMARKS:
         return landmarks, landmarks
@@ -473,9 +473,9 @@ def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = AUTO_
     ``quality`` as in :meth:`FolderEvaluator.from_options`."""
     from tqdm import tqdm
 
-    from .no_reference import describe
+    from honestface_core.metrics.no_reference import describe
 
-    from ..images import read_image_size
+    from honestface_core.files.images import read_image_size
 
     pairs = pair_folders(restored_dir, gt_dir)
     for _, restored_path, gt_path in pairs:  # headers only: a broken or huge file fails before any model loads
@@ -522,7 +522,7 @@ def evaluate_folders(restored_dir, gt_dir, refs_dir=None, landmarks: str = AUTO_
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``evaluate`` subcommand to the ``honestface`` CLI."""
-    from ..model_paths import default_models_dir
+    from honestface_core.files.model_paths import default_models_dir
 
     p = subparsers.add_parser("evaluate", help="landmark (L2-LD, ALD, ALD-e, ALD-m), identity and image metrics of restored vs ground-truth folders",
                               description=__doc__.split("\n\n")[1])
@@ -551,7 +551,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _quality_choices(text: str) -> list[str]:
     """``--quality``: ``"MUSIQ,C-IQA (clipiqa+)"`` -> checked choices; ``"none"`` -> []."""
-    from .no_reference import parse_choice
+    from honestface_core.metrics.no_reference import parse_choice
 
     if text.strip().lower() == "none":
         return []
@@ -568,7 +568,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:  # before any model loads or image is read
         check_report_path(args.out, args.overwrite)
     if args.device != "auto":
-        from ..pipeline import resolve_device
+        from honestface_core.pipeline import resolve_device
 
         resolve_device(args.device, "--device")
     report = evaluate_folders(args.restored, args.gt, args.refs, args.landmarks, args.models, args.aligned,

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.inception import InceptionA, InceptionC, InceptionE, inception_v3
 
-from ..errors import HonestFaceError
-from ..weight_files import load_weights, read_state_dict
+from honestface_core.errors import HonestFaceError
+from honestface_core.files.weight_files import load_weights, read_state_dict
 
 FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_SIZE = 299
@@ -79,7 +79,7 @@ def fid_inception_v3() -> torch.nn.Module:
 
 def fid_weight_candidates(models_dir: str | os.PathLike | None = None) -> list[Path]:
     """Where :data:`FID_FILE` is looked for: ``<models>/fid/``, then torch's checkpoint cache (pytorch-fid's)."""
-    from .image_quality import torch_checkpoints_dir
+    from honestface_core.metrics.image_quality import torch_checkpoints_dir
 
     return ([Path(models_dir) / "fid" / FID_FILE] if models_dir else []) + [torch_checkpoints_dir() / FID_FILE]
 
@@ -89,7 +89,7 @@ class FIDInceptionFeatures:
 
     def __init__(self, models_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                  path: str | os.PathLike | None = None):
-        from .image_quality import MetricUnavailable
+        from honestface_core.metrics.image_quality import MetricUnavailable
 
         candidates = [Path(path)] if path else fid_weight_candidates(models_dir)
         found = next((p for p in candidates if p.is_file()), None)

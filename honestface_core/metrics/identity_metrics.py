@@ -1,7 +1,7 @@
 """Deg and Ref-Deg (docs/design.md §3): identity angles in degrees between face embeddings.
 
-Embeddings come from an :class:`honestface_core.identity.IdentityEncoder` (ArcFace for the paper's Deg.; SFace
-works offline). The angle itself is :func:`honestface_core.identity.angle_degrees`.
+Embeddings come from an :class:`honestface_core.face.identity.IdentityEncoder` (ArcFace for the paper's Deg.; SFace
+works offline). The angle itself is :func:`honestface_core.face.identity.angle_degrees`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import HonestFaceError
-from ..identity import angle_degrees
+from honestface_core.errors import HonestFaceError
+from honestface_core.face.identity import angle_degrees
 
 
 def deg(restored: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:

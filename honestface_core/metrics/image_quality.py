@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import HonestFaceError
-from ..weight_files import read_state_dict
-from .vgg16 import VGG16_FILE, load_vgg16_features, vgg16_features, vgg16_taps
+from honestface_core.errors import HonestFaceError
+from honestface_core.files.weight_files import read_state_dict
+from honestface_core.metrics.vgg16 import VGG16_FILE, load_vgg16_features, vgg16_features, vgg16_taps
 
 # torchvision ImageNet weight files, as torchvision names them in its download cache
 TV_FILES = {

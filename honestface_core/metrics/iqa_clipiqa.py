@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import HonestFaceError
-from ..images import as_rgb_batch
-from ..weight_files import load_weights, read_state_dict, read_weights_file
-from .iqa_files import find_iqa_file
-from .torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
+from honestface_core.errors import HonestFaceError
+from honestface_core.files.images import as_rgb_batch
+from honestface_core.files.weight_files import load_weights, read_state_dict, read_weights_file
+from honestface_core.metrics.iqa_files import find_iqa_file
+from honestface_core.metrics.torchscript_weights import is_torchscript_archive, read_torchscript_state_dict
 
 #: file names of the CLIP RN50 weights: OpenAI's TorchScript archive, or a state dict with OpenAI's key names
 CLIP_FILES = ("RN50.pt", "RN50.safetensors")

@@ -3,7 +3,7 @@ they are read. Never downloaded.
 
 A file is looked for, in order: the explicit path the caller gives; ``<models>/iqa/<file>`` (our choice of
 folder); pyiqa's download cache ``$TORCH_HOME/hub/pyiqa/<file>`` (``~/.cache/torch/hub/pyiqa``), so a file that a
-pyiqa user already has is found under the name pyiqa gives it. Files are read by :mod:`honestface_core.weight_files`
+pyiqa user already has is found under the name pyiqa gives it. Files are read by :mod:`honestface_core.files.weight_files`
 (safetensors or ``torch.load(weights_only=True)``: a checkpoint that needs arbitrary unpickling is refused).
 """
 
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .image_quality import MetricUnavailable
+from honestface_core.metrics.image_quality import MetricUnavailable
 
 IQA_FOLDER = "iqa"
 

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import HonestFaceError
-from ..images import as_rgb_batch
-from ..weight_files import load_weights, read_state_dict
-from .iqa_files import find_iqa_file
+from honestface_core.errors import HonestFaceError
+from honestface_core.files.images import as_rgb_batch
+from honestface_core.files.weight_files import load_weights, read_state_dict
+from honestface_core.metrics.iqa_files import find_iqa_file
 
 #: pyiqa's file name and Swin residual scale per training set (``koniq`` = pyiqa's default ``maniqa``)
 FILES = {"koniq": "ckpt_koniq10k.pt", "kadid": "ckpt_kadid10k.pt", "pipal": "MANIQA_PIPAL-ae6d356b.pth"}

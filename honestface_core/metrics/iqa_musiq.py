@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import HonestFaceError
-from ..images import as_rgb_batch
-from ..weight_files import load_weights, read_state_dict
-from .iqa_files import find_iqa_file
+from honestface_core.errors import HonestFaceError
+from honestface_core.files.images import as_rgb_batch
+from honestface_core.files.weight_files import load_weights, read_state_dict
+from honestface_core.metrics.iqa_files import find_iqa_file
 
 #: pyiqa's file name of each training set's checkpoint (``pretrained=`` in pyiqa; ``koniq10k`` is ``musiq``)
 FILES = {

@@ -17,8 +17,8 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..errors import HonestFaceError
-from .schemes import WFLW98, LandmarkScheme, get_scheme
+from honestface_core.errors import HonestFaceError
+from honestface_core.metrics.schemes import WFLW98, LandmarkScheme, get_scheme
 
 EVAL_SIZE = 512
 Size = Union[float, Sequence[float], None]

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import HonestFaceError
-from .image_quality import MetricUnavailable
+from honestface_core.errors import HonestFaceError
+from honestface_core.metrics.image_quality import MetricUnavailable
 
 #: report column -> (module in this package, class, keyword that selects the variant, variants (first = default))
 NO_REFERENCE_METRICS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import HonestFaceError
+from honestface_core.errors import HonestFaceError
 
 
 @dataclass(frozen=True)

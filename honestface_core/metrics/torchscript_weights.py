@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..errors import HonestFaceError
+from honestface_core.errors import HonestFaceError
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,

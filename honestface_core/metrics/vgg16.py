@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..weight_files import load_weights, read_state_dict
+from honestface_core.files.weight_files import load_weights, read_state_dict
 
 VGG16_FILE = "vgg16-397923af.pth"
 #: convolution widths, "M" = pooling; torchvision's fifth pool (index 30) is left out

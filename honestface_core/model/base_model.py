@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from ..errors import HonestFaceError, MissingModelError
-from ..weight_files import read_state_dict
-from .config import load_shipped_config
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.files.weight_files import read_state_dict
+from honestface_core.model.config import load_shipped_config
 
 WHERE_TO_GET = "a local copy of SD-2.1-base: a diffusers folder with unet/ and vae/, or a single-file checkpoint in models/checkpoints"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")

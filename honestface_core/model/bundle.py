@@ -18,12 +18,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import HonestFaceError, MissingModelError
-from ..tensor_checks import check_finite
-from . import lora as lora_utils
-from .base_model import load_base_model
-from .config import HonestFaceConfig
-from .honestface import HonestFaceModel
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.tensor_checks import check_finite
+from honestface_core.model import lora as lora_utils
+from honestface_core.model.base_model import load_base_model
+from honestface_core.model.config import HonestFaceConfig
+from honestface_core.model.honestface import HonestFaceModel
 
 FORMAT = "honestface"
 FORMAT_VERSION = "1"
@@ -186,7 +186,7 @@ def load_honestface(bundle_path: str | os.PathLike, base_path: str | os.PathLike
     unet, vae = load_base_model(base_path, config.generator.unet, config.generator.vae)
     check_base_matches(config, dict(unet.config), dict(vae.config), base_path)
     if isinstance(backbone, (str, os.PathLike)):
-        from .iresnet import FaceBackbone
+        from honestface_core.model.iresnet import FaceBackbone
 
         backbone = FaceBackbone.from_onnx(backbone)
     model = HonestFaceModel(config, unet, vae, backbone)

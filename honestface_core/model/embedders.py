@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FeatureExtractorConfig, IdentityEncoderConfig
+from honestface_core.model.config import FeatureExtractorConfig, IdentityEncoderConfig
 
 
 class FaceBackboneLike(Protocol):

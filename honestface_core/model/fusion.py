@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import FusionConfig
+from honestface_core.model.config import FusionConfig
 
 BRANCHES = ("lq", "identity", "features")
 

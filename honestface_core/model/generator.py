@@ -14,8 +14,8 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
 
-from .config import GeneratorConfig
-from .memory_format import cpu_channels_last, cpu_chunks
+from honestface_core.model.config import GeneratorConfig
+from honestface_core.model.memory_format import cpu_channels_last, cpu_chunks
 
 
 def alpha_bar(scheduler_config: dict, timestep: int) -> float:

@@ -15,13 +15,13 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
-from ..errors import HonestFaceError
-from . import lora as lora_utils
-from .config import HonestFaceConfig
-from .embedders import FaceBackboneLike, FeatureExtractor, IdentityEncoder
-from .fusion import FeatureFusion
-from .generator import OneStepGenerator
-from .vre import TokenProjector, VisualRepresentationEmbedder
+from honestface_core.errors import HonestFaceError
+from honestface_core.model import lora as lora_utils
+from honestface_core.model.config import HonestFaceConfig
+from honestface_core.model.embedders import FaceBackboneLike, FeatureExtractor, IdentityEncoder
+from honestface_core.model.fusion import FeatureFusion
+from honestface_core.model.generator import OneStepGenerator
+from honestface_core.model.vre import TokenProjector, VisualRepresentationEmbedder
 
 
 @dataclass

@@ -131,7 +131,7 @@ class FaceBackbone(nn.Module):
     """Frozen IResNet used on FFHQ-aligned crops in [-1, 1], differentiable w.r.t. its input.
 
     The ``(B, 3, S, S)`` FFHQ crop is warped to insightface's 112x112 ArcFace template with ``grid_sample``
-    (the similarity between the two 5-point templates, from :mod:`honestface_core.alignment`), so no CPU round
+    (the similarity between the two 5-point templates, from :mod:`honestface_core.face.alignment`), so no CPU round
     trip happens and gradients reach the input (L_ID).
 
     Args:
@@ -150,7 +150,7 @@ class FaceBackbone(nn.Module):
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, **kwargs) -> "FaceBackbone":
-        from .onnx_import import load_iresnet_from_onnx
+        from honestface_core.model.onnx_import import load_iresnet_from_onnx
 
         return cls(load_iresnet_from_onnx(path), **kwargs)
 
@@ -173,7 +173,7 @@ class FaceBackbone(nn.Module):
     def _matrix(self, size: int) -> torch.Tensor:
         """2x3 matrix mapping FFHQ crop pixels (side ``size``) to ArcFace-112 pixels."""
         if size not in self._matrices:
-            from ..alignment import ARCFACE_TEMPLATE_112, estimate_similarity, template_for_size
+            from honestface_core.face.alignment import ARCFACE_TEMPLATE_112, estimate_similarity, template_for_size
 
             dst = ARCFACE_TEMPLATE_112 * (self.net.input_size / 112.0)
             self._matrices[size] = torch.from_numpy(estimate_similarity(template_for_size(size), dst)).float()
@@ -186,7 +186,7 @@ class FaceBackbone(nn.Module):
         is needed. The crop is first shrunk with antialiasing to twice the target scale so that the bilinear warp
         does not alias (our choice; both steps are differentiable).
         """
-        from ..alignment import warp_affine
+        from honestface_core.face.alignment import warp_affine
 
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
             raise ValueError(f"expected (B, 3, S, S) crops, got {tuple(x.shape)}")

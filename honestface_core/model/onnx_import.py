@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import HonestFaceError, MissingModelError
-from .iresnet import ARCFACE_MEAN, ARCFACE_SIZE, ARCFACE_STD, BN_EPS, IResNet
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.model.iresnet import ARCFACE_MEAN, ARCFACE_SIZE, ARCFACE_STD, BN_EPS, IResNet
 
 
 @dataclass

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import HonestFaceError, MissingModelError
-from ..tensor_checks import check_finite
-from ..weight_files import read_state_dict
-from . import lora as lora_utils
-from .base_model import load_base_model
-from .config import GeneratorConfig, HonestFaceConfig, LoRAConfig, VREConfig
-from .honestface import HonestFaceModel
+from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.tensor_checks import check_finite
+from honestface_core.files.weight_files import read_state_dict
+from honestface_core.model import lora as lora_utils
+from honestface_core.model.base_model import load_base_model
+from honestface_core.model.config import GeneratorConfig, HonestFaceConfig, LoRAConfig, VREConfig
+from honestface_core.model.honestface import HonestFaceModel
 
 VRE_FILE = "associate_2.ckpt"
 LORA_FILE = "pytorch_lora_weights.safetensors"

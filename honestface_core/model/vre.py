@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import VREConfig
-from .memory_format import cpu_channels_last, cpu_chunks
+from honestface_core.model.config import VREConfig
+from honestface_core.model.memory_format import cpu_channels_last, cpu_chunks
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:

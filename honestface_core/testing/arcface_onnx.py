@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..model.iresnet import ARCFACE_SIZE, IResNet
+from honestface_core.model.iresnet import ARCFACE_SIZE, IResNet
 
 
 def write_arcface_onnx(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..facexlib_models import AWING_FILE, BISENET_FILE, FOLDER, PARSENET_FILE, RETINAFACE_FILES
+from honestface_core.files.facexlib_models import AWING_FILE, BISENET_FILE, FOLDER, PARSENET_FILE, RETINAFACE_FILES
 
 
 def write_facexlib_test_models(models_dir: str | os.PathLike) -> list[Path]:

@@ -24,7 +24,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 
-from ..model.config import HonestFaceConfig, load_shipped_config
+from honestface_core.model.config import HonestFaceConfig, load_shipped_config
 
 BASE_NAME = "stable-diffusion-2-1-base"
 CHECKPOINT_NAME = "v2-1_512-ema-pruned.safetensors"
@@ -129,10 +129,10 @@ def _fresh(path: Path, written: list[Path]) -> bool:
 
 def write_honestface_test_models(models_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
     """Write the tiny base (folder + single file), a tiny HonestFace bundle and OSDFace-format files."""
-    from ..model import lora as lora_utils
-    from ..model.bundle import save_bundle
-    from ..model.honestface import HonestFaceModel
-    from ..model.vre import TokenProjector, VisualRepresentationEmbedder
+    from honestface_core.model import lora as lora_utils
+    from honestface_core.model.bundle import save_bundle
+    from honestface_core.model.honestface import HonestFaceModel
+    from honestface_core.model.vre import TokenProjector, VisualRepresentationEmbedder
 
     models_dir = Path(models_dir)
     written: list[Path] = []

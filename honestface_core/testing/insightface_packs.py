@@ -1,7 +1,7 @@
 """Random-weight insightface model packs under the real file names (tests, wiring graphs without real weights).
 
 The ONNX files have the exact input/output signatures insightface's model router recognises, so the real loading
-code (:func:`honestface_core.insightface_models.load_face_analysis`) runs where the real (non-commercial,
+code (:func:`honestface_core.files.insightface_models.load_face_analysis`) runs where the real (non-commercial,
 hub-hosted) weights cannot be present. What they detect or embed is meaningless.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HonestFaceError
-from ..insightface_models import INSIGHTFACE_PACKS, pack_folder
-from .arcface_onnx import write_arcface_onnx
+from honestface_core.errors import HonestFaceError
+from honestface_core.files.insightface_models import INSIGHTFACE_PACKS, pack_folder
+from honestface_core.testing.arcface_onnx import write_arcface_onnx
 
 _OPSET = 17
 _IR_VERSION = 8  # readable by older onnxruntime builds too

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import HonestFaceError
-from ..model_paths import MODEL_FILES
+from honestface_core.errors import HonestFaceError
+from honestface_core.files.model_paths import MODEL_FILES
 
 README_NAME = "RANDOM_WEIGHTS_README.txt"
 README_TEXT = """\
@@ -27,9 +27,9 @@ def write_test_models(models_dir: str | os.PathLike) -> list[Path]:
 
     Returns the written paths (the README last). Refuses a folder that already holds any model file.
     """
-    from .facexlib_files import write_facexlib_test_models
-    from .honestface_files import write_honestface_test_models
-    from .insightface_packs import write_insightface_test_models
+    from honestface_core.testing.facexlib_files import write_facexlib_test_models
+    from honestface_core.testing.honestface_files import write_honestface_test_models
+    from honestface_core.testing.insightface_packs import write_insightface_test_models
 
     models_dir = Path(models_dir)
     existing = [str(m.path(models_dir)) for m in MODEL_FILES if m.path(models_dir).exists()]

@@ -1,0 +1,146 @@
+"""``honestface restore``: detect, align, restore and paste back the faces of image files.
+
+Writes one new PNG per input into ``--out``; never overwrites an input or an existing file and never writes
+through a symlink (a free name is chosen: ``<stem>_honestface.png``, ``<stem>_honestface_1.png``, ...). Options,
+input images (from their headers), references and the output folder are checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+from honestface_core.errors import HonestFaceError
+from honestface_core.files.model_paths import DETECTOR_KINDS, default_models_dir
+
+SUFFIX = "_honestface"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("restore", help="restore the faces of image files (detect, align, restore, paste back)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="input image files")
+    p.add_argument("--refs", nargs="+", metavar="DIR_OR_FILES",
+                   help="reference photos of the person: a folder, image files, or an identity set .safetensors")
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--models", default=str(default_models_dir()),
+                   help="ComfyUI-style models/ folder (default: $HONESTFACE_MODELS or ./models)")
+    p.add_argument("--faces", default="all", help="all | largest | face indices such as 0,2 (left to right, per image)")
+    p.add_argument("--blind", action="store_true", help="restore without references")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="precision (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--model", default="honestface.safetensors",
+                   help="bundle file in models/honestface/, or 'osdface' for OSDFace's blind weights")
+    p.add_argument("--base", default=None, help="SD-2.1-base diffusers folder or single-file checkpoint (default: "
+                   "models/diffusers/stable-diffusion-2-1-base, then models/checkpoints/v2-1_512-ema-pruned.safetensors)")
+    p.add_argument("--detector", default="auto", choices=DETECTOR_KINDS,
+                   help="face detector (auto: insightface pack, else facexlib RetinaFace, else OpenCV YuNet)")
+    p.add_argument("--color", default="none", choices=("none", "adain", "wavelet"),
+                   help="colour correction of restored faces toward the input")
+    p.add_argument("--top-k", type=int, default=0, help="keep only the K references most similar to the first face (0 = all)")
+    p.add_argument("--chunk-size", type=int, default=None, help="faces per UNet batch (default: all; halves on OOM)")
+    p.set_defaults(func=run)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_references(paths: list[str], detector, encoder, target_embedding=None, top_k: int = 0):
+    """A :class:`ReferenceSet` from an identity-set file, a folder, or image files."""
+    from honestface_core.files.images import load_image
+    from honestface_core.face.references import load_identity_set, prepare_references, read_reference_folder
+
+    if len(paths) == 1 and paths[0].lower().endswith(".safetensors"):
+        return load_identity_set(paths[0])
+    images = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            images += read_reference_folder(p)
+        else:
+            images.append((p.name, load_image(p)))
+    return prepare_references(images, detector, encoder, target_embedding, top_k)
+
+
+def check_arguments(args: argparse.Namespace):
+    """Every cheap check of the command line, before any model loads: options, input image headers (exist,
+    readable, within the size limits), reference paths, and the output folder (a writable folder, created here).
+
+    Returns:
+        ``(inputs, out_dir, device)``.
+    """
+    from honestface_core.face.detection import parse_selection
+    from honestface_core.files.images import read_image_size
+    from honestface_core.files.outputs import prepare_output_dir
+    from honestface_core.pipeline import resolve_device
+
+    if args.blind and args.refs:
+        raise HonestFaceError("--blind and --refs", "were both given", "Use --refs for reference-based restoration or --blind")
+    if not args.blind and not args.refs:
+        raise HonestFaceError("--refs", "is missing", "Give a folder or photos of the person with --refs, or pass --blind")
+    try:
+        parse_selection(args.faces)
+    except HonestFaceError as err:
+        raise HonestFaceError(f"--faces '{args.faces}'", "is not understood", err.fix) from err
+    if args.top_k < 0:
+        raise HonestFaceError("--top-k", f"{args.top_k} is negative", "Use 0 (all references) or a positive count")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise HonestFaceError("--chunk-size", f"{args.chunk_size} is not a positive number", "Use 1 or more, or leave it out")
+    device = resolve_device(args.device, "--device")
+    inputs = [Path(p) for p in args.images]
+    for p in inputs:
+        read_image_size(p)
+    for p in map(Path, args.refs or []):
+        if not p.exists():
+            raise HonestFaceError(f"--refs '{p}'", "does not exist",
+                                  "Give a folder of photos, photo files or an identity set .safetensors")
+        if p.is_file() and p.suffix.lower() != ".safetensors":
+            read_image_size(p)
+    return inputs, prepare_output_dir(args.out, "--out"), device
+
+
+def encode_png(rgb) -> bytes:
+    """PNG bytes of a ``(H, W, 3)`` uint8 array."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from honestface_core.face.detection import build_detector
+    from honestface_core.face.identity import embed_largest_faces
+    from honestface_core.files.images import load_image, tensor_to_uint8, uint8_to_tensor
+    from honestface_core.files.outputs import write_unique_file
+    from honestface_core.pipeline import BackboneIdentityEncoder, load_restorer, restore_images
+
+    inputs, out_dir, device = check_arguments(args)
+    models_dir = Path(args.models)
+    model = load_restorer(models_dir, device, args.dtype, bundle=args.model, base=args.base)
+    detector = build_detector(models_dir, args.detector, device)
+    refs = None
+    if args.refs:
+        target = None
+        if args.top_k > 0:  # rank references by similarity to the first input's largest face
+            first = uint8_to_tensor(load_image(inputs[0])).to(model.device)
+            target = embed_largest_faces(first, detector, BackboneIdentityEncoder(model)).embeddings
+            target = target if len(target) else None
+        refs = load_references(args.refs, detector, BackboneIdentityEncoder(model), target, args.top_k)
+        for line in refs.status:
+            print(f"reference {line}")
+    for src in inputs:
+        image = uint8_to_tensor(load_image(src))
+        with torch.inference_mode():
+            result = restore_images(model, image, detector, refs, args.faces, color_correction=args.color,
+                                    chunk_size=args.chunk_size, image_names=[f"image '{src}'"])
+        dest = write_unique_file(out_dir, f"{src.stem}{SUFFIX}", ".png", encode_png(tensor_to_uint8(result.images)[0]))
+        note = "; ".join(result.messages)
+        print(f"{src} -> {dest} ({len(result.faces)} face(s) restored{', ' + note if note else ''})")
+    return 0
+
+
+__all__ = ["add_parser", "check_arguments", "load_references", "run"]

