@@ -11,10 +11,8 @@ reading the references back to the host).
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -22,7 +20,7 @@ import torch.nn.functional as F
 
 from honestface_core.face.alignment import AlignedFaces, align_faces, check_aligned_crops
 from honestface_core.face.detection import DetectedFace, FaceDetector, detect_faces, parse_selection, select_faces
-from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.errors import HonestFaceError
 from honestface_core.files.images import as_rgb_batch
 from honestface_core.face.pasteback import paste_back
 from honestface_core.face.references import ReferenceSet
@@ -35,130 +33,8 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 Interrupt = Callable[[], None]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REFERENCE_CACHE_SIZE = 4
 """Identity sets whose reference pieces stay cached on a model (our choice: a few people per session)."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Devices and precision
-
-
-def resolve_device(name: str = "auto", what: str = "device") -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (where torch has
-    it). Anything else (``meta``, a GPU index that does not exist, a typo) is refused before any model loads."""
-    text = str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError) as err:
-        raise HonestFaceError(what, f"'{name}' is not a device name", "Use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise HonestFaceError(what, f"'{name}' was asked for but torch sees no CUDA GPU",
-                                  "Use cpu (or auto), or install a CUDA build of torch")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise HonestFaceError(what, f"'{name}' was asked for but torch sees {count} CUDA GPU(s) "
-                                  f"(cuda:0..cuda:{count - 1})", "Use one of those, or cuda / auto")
-        return device
-    if device.type == "mps" and torch.backends.mps.is_available():
-        return device
-    raise HonestFaceError(what, f"'{name}' is not a device HonestFace can run on", "Use auto, cpu, cuda or cuda:N")
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``"auto"``: bf16 on GPUs that support it, else fp16 on GPUs, fp32 on CPU (our choice: CPU half precision
-    is slow and imprecise); or ``"fp32"``, ``"bf16"``, ``"fp16"``."""
-    name = str(name).strip().lower()
-    if name == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if name not in DTYPES:
-        raise HonestFaceError("dtype", f"'{name}' is unknown", f"Use auto or one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Loading
-
-
-def find_backbone_file(models_dir: str | os.PathLike, name: str) -> Path:
-    """``<name>.onnx`` in an insightface pack folder (``models/insightface/models/<pack>/``): the pack the model
-    file table names first, then any other pack folder."""
-    from honestface_core.files.model_paths import MODEL_FILES, find_model_file
-
-    filename = f"{name}.onnx"
-    known = [m.folder for m in MODEL_FILES if m.filename == filename]
-    packs = Path(models_dir) / "insightface" / "models"
-    others = sorted(str(d.relative_to(models_dir)) for d in packs.glob("*") if d.is_dir()) if packs.is_dir() else []
-    for folder in known + [f for f in others if f not in known]:
-        if (Path(models_dir) / folder / filename).is_file():
-            return Path(models_dir) / folder / filename
-    return find_model_file(models_dir, known[0] if known else "insightface/models/buffalo_l", filename)
-
-
-def attach_backbone(model, onnx_path: str | os.PathLike) -> None:
-    """Load the insightface recogniser into a :class:`FaceBackbone` whose feature stage has the width the model
-    was trained with, and attach it on the model's device and dtype."""
-    from honestface_core.model.iresnet import FaceBackbone
-    from honestface_core.model.onnx_import import load_iresnet_from_onnx
-
-    net = load_iresnet_from_onnx(onnx_path)
-    want = int(model.config.features.backbone_channels)
-    if want not in net.widths:
-        raise HonestFaceError(f"face backbone '{onnx_path}'", f"has stage widths {net.widths}, the model needs {want}-channel "
-                              "features", f"Use the recogniser the model was trained with ({model.config.features.backbone}.onnx)")
-    backbone = FaceBackbone(net, feature_stage=net.widths.index(want) + 1).to(model.device, model.dtype)
-    model.set_backbone(backbone)
-
-
-def load_restorer(models_dir: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                  bundle: str = "honestface.safetensors", base: str | os.PathLike | None = None,
-                  merge_lora: bool = True, compile_modules: bool = False):
-    """Load a restorer from a ComfyUI-style ``models/`` folder.
-
-    Args:
-        bundle: file name in ``models/honestface/``, or ``"osdface"`` for OSDFace's blind weights in
-            ``models/honestface/osdface/``.
-        base: SD-2.1-base diffusers folder or single-file checkpoint (default: found under ``models/``).
-        merge_lora: add the LoRA into the UNet weights (faster; our choice for inference).
-        compile_modules: ``torch.compile`` the UNet and VAE (off by default: each new batch size compiles first,
-            see docs/restore.md).
-
-    The face backbone (``<config.features.backbone>.onnx`` from an insightface pack) is attached when found;
-    without it the model restores blind only (a warning is logged).
-    """
-    from honestface_core.model.base_model import find_base_model
-
-    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
-    models_dir = Path(models_dir)
-    base_path = Path(base) if base is not None else find_base_model(models_dir)
-    if bundle == "osdface":
-        from honestface_core.model.osdface import load_osdface
-
-        model = load_osdface(models_dir / "honestface" / "osdface", base_path, device, dtype, merge_lora=merge_lora)
-        if compile_modules:
-            model.generator.compile_modules()
-        return model
-    from honestface_core.model.bundle import load_honestface
-    from honestface_core.files.model_paths import find_model_file
-
-    bundle_path = find_model_file(models_dir, "honestface", bundle)
-    model = load_honestface(bundle_path, base_path, device, dtype, merge_lora=merge_lora)
-    if model.config.variant != "osdface":
-        try:
-            attach_backbone(model, find_backbone_file(models_dir, model.config.features.backbone))
-        except MissingModelError as err:
-            logger.warning("%s; restoring with references needs it (blind restoration works)", err)
-    if compile_modules:
-        model.generator.compile_modules()
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------------

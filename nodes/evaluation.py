@@ -25,7 +25,7 @@ from honestface_core.face.landmarks import DLIB68_FILE, DLIB68_FOLDER, AWingLand
 from honestface_core.metrics.evaluate import REPORT_NAMES, CropScores, nanmean, score_crops
 from honestface_core.files.model_paths import MODEL_FILES, bundled_model_path
 
-from .model_folders import check_choices, models_dir_with
+from .model_folders import check_choices, comfy_models
 from .result_text import landmark_summary, ui_text
 from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector, pick_encoder
 
@@ -83,7 +83,7 @@ class LandmarkLoader:
                 known = next(m for m in MODEL_FILES if m.filename == DLIB68_FILE)
                 raise MissingModelError(DLIB68_FILE, " or ".join(folder_paths.get_folder_paths(DLIB68_FOLDER)), known.source)
             return (DlibLandmarks(path),)
-        return (AWingLandmarks.from_models_dir(models_dir_with("facexlib", AWING_FILE), mm.get_torch_device()),)
+        return (AWingLandmarks.from_models_dir(comfy_models(), mm.get_torch_device()),)
 
 
 def _prepare(images: torch.Tensor, name: str, kind: str, faces=None) -> tuple[torch.Tensor, list[int]]:

@@ -19,7 +19,7 @@ from honestface_core.files.insightface_models import INSIGHTFACE_PACKS, PACKS_FO
 from honestface_core.files.model_paths import FACEXLIB_URL, INSIGHTFACE_URL, MODEL_FILES, bundled_model_path
 from honestface_core.face.parsing import FaceParser
 
-from .model_folders import check_choices, models_dir_with
+from .model_folders import check_choices, comfy_models
 from .types import FACEXLIB_HELPER, OPENCV_FACE, FacexlibModels, OpenCVFaceModels
 
 PROVIDERS = ["auto", "CPU", "CUDA", "ROCM", "CoreML", "DirectML", "OpenVINO"]  # a list: ComfyUI checks list choices
@@ -74,8 +74,7 @@ class InsightFaceLoader:
                               f"{model_name}/ (a pack folder of .onnx files)", PACKS_FOLDER, INSIGHTFACE_URL))
 
     def load(self, model_name: str, provider: str, det_size: int):
-        models_dir = models_dir_with("insightface", f"{PACKS_FOLDER.split('/', 1)[1]}/{model_name}")
-        return (load_face_analysis(models_dir, model_name, onnx_providers(provider), det_size),)
+        return (load_face_analysis(comfy_models(), model_name, onnx_providers(provider), det_size),)
 
 
 class FacexlibLoader:
@@ -109,9 +108,9 @@ class FacexlibLoader:
         network = detector.removeprefix("retinaface_")
         det = parse = None
         if detector != "none":
-            det = RetinaFaceDetector.from_models_dir(models_dir_with("facexlib", RETINAFACE_FILES[network]), network, device)
+            det = RetinaFaceDetector.from_models_dir(comfy_models(), network, device)
         if parser != "none":
-            parse = FaceParser.from_models_dir(models_dir_with("facexlib", PARSER_FILES[parser]), parser, device)
+            parse = FaceParser.from_models_dir(comfy_models(), parser, device)
         return (FacexlibModels(det, parse),)
 
 

@@ -1,5 +1,5 @@
 """Register the pack's model folders with ComfyUI's ``folder_paths``, merging with what is already there, and
-find files in them.
+hand them to the core loaders.
 
 A user's ``extra_model_paths.yaml`` (or another node pack) may have registered the same folder names before this
 pack loads; their paths are kept, in their order, and ours is only appended when missing.
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import folder_paths
 
-from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.errors import MissingModelError
+from honestface_core.files.model_paths import ModelFolders
 
 # folder name -> file extensions the pack reads from it (relative to ComfyUI's models/ folder).
 MODEL_FOLDERS: dict[str, frozenset[str]] = {
@@ -42,23 +43,10 @@ def register_model_folders() -> None:
             folder_paths.folder_names_and_paths[name] = ([default], set(extensions))
 
 
-def models_dir_with(folder: str, relative: str) -> Path:
-    """A ComfyUI-style ``models/`` folder for ``honestface_core`` loaders, chosen so that
-    ``<models_dir>/<folder>/<relative>`` exists among the registered paths of ``folder``; ComfyUI's own
-    ``models/`` if none has it (the core loader then names the missing file and the folder it belongs in).
-
-    The core loaders address files as ``models_dir/<folder>/...``; a registered path whose last component is not
-    ``folder`` (e.g. ``/data/faces`` added for ``facexlib`` in extra_model_paths.yaml) cannot be expressed that
-    way and is reported instead of silently ignored.
-    """
-    for p in folder_paths.get_folder_paths(folder):
-        if (Path(p) / relative).exists():
-            if Path(p).name == folder:
-                return Path(p).parent
-            raise HonestFaceError(f"model '{relative}'", f"is in '{p}', but the pack reads {folder} files only from "
-                                  f"folders named '{folder}'", f"Move it to '{Path(folder_paths.models_dir) / folder}' "
-                                  f"or register a folder named '{folder}' in extra_model_paths.yaml")
-    return Path(folder_paths.models_dir)
+def comfy_models() -> ModelFolders:
+    """ComfyUI's registered folders (``models/<name>`` and any ``extra_model_paths.yaml`` entries) as the core's
+    :class:`ModelFolders`: the core loaders search them in ComfyUI's order."""
+    return ModelFolders(folder_paths.get_folder_paths)
 
 
 def check_choices(*checks: tuple[str, str, list[str], str, str, str]) -> bool | str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -14,15 +13,14 @@ import torch
 from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.files.images import as_rgb_batch
 from honestface_core.files.model_paths import MODEL_FILES
-from honestface_core.pipeline import attach_backbone, restore_crops, restore_images
+from honestface_core.model.loading import OSDFACE as CORE_OSDFACE, load_restorer
+from honestface_core.pipeline import restore_crops, restore_images
 
 from .detection import warn_images_without_faces
-from .model_folders import check_choices
+from .model_folders import check_choices, comfy_models
 from .result_text import ui_text
 from .types import (FACEANALYSIS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP,
                     REFS, pick_detector)
-
-logger = logging.getLogger(__name__)
 
 MODEL = "HONESTFACE_MODEL"
 OSDFACE = "osdface (OSDFace's blind weights in honestface/osdface/)"
@@ -49,11 +47,7 @@ class HonestFaceModule(torch.nn.Module):
 
 def osdface_folder() -> Path | None:
     """The first ``honestface/osdface`` folder holding OSDFace's three files, if any."""
-    names = [m.filename for m in MODEL_FILES if m.folder == OSDFACE_FOLDER]
-    for root in folder_paths.get_folder_paths("honestface"):
-        if all((Path(root) / "osdface" / n).is_file() for n in names):
-            return Path(root) / "osdface"
-    return None
+    return comfy_models().find_dir("honestface", CORE_OSDFACE, [m.filename for m in MODEL_FILES if m.folder == OSDFACE_FOLDER])
 
 
 def bundle_choices() -> list[str]:
@@ -77,29 +71,15 @@ def base_choices() -> list[str]:
 
 
 def base_path(choice: str) -> Path:
+    """The folder or file of a :func:`base_choices` entry."""
     kind, _, name = choice.partition("/")
-    if kind == "diffusers":
-        for root in folder_paths.get_folder_paths("diffusers"):
-            if (Path(root) / name / "unet").is_dir():
-                return Path(root) / name
+    if kind != "diffusers":
+        return comfy_models().find("checkpoints", name)
+    found = comfy_models().find_dir("diffusers", name, ["unet", "vae"])
+    if found is None:
         raise MissingModelError(name, " or ".join(folder_paths.get_folder_paths("diffusers")),
                                 "a local SD-2.1-base diffusers folder (unet/, vae/)")
-    full = folder_paths.get_full_path("checkpoints", name)
-    if not full:
-        raise MissingModelError(name, " or ".join(folder_paths.get_folder_paths("checkpoints")), "an SD-2.1-base checkpoint")
-    return Path(full)
-
-
-def backbone_file(name: str) -> Path:
-    """``<name>.onnx`` (e.g. w600k_r50) in any insightface pack folder: the face backbone of the model."""
-    filename = f"{name}.onnx"
-    for root in folder_paths.get_folder_paths("insightface"):
-        packs = Path(root) / "models"
-        for path in sorted(packs.glob(f"*/{filename}")) if packs.is_dir() else []:
-            return path
-    pack = next((m.folder for m in MODEL_FILES if m.filename == filename), "insightface/models/buffalo_l")
-    raise MissingModelError(filename, Path(folder_paths.models_dir) / pack,
-                            "the insightface pack the model was trained with (buffalo_l or antelopev2)")
+    return found
 
 
 def precision_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -157,27 +137,10 @@ class HonestFaceModelLoader:
              sd.source if sd else "a Stable Diffusion 2.1-base diffusers folder or single-file checkpoint"))
 
     def load(self, model: str, base: str, precision: str, compile: str = "off"):
-        from honestface_core.model.bundle import load_honestface
-        from honestface_core.model.osdface import load_osdface
-
         device, offload = mm.get_torch_device(), mm.unet_offload_device()
-        dtype = precision_dtype(precision, device)
-        base_file = base_path(base)
-        if model == OSDFACE:
-            folder = osdface_folder() or Path(folder_paths.models_dir) / OSDFACE_FOLDER
-            net = load_osdface(folder, base_file, offload, dtype, merge_lora=True)
-        else:
-            bundle = folder_paths.get_full_path("honestface", model)
-            if not bundle:
-                raise MissingModelError(model, " or ".join(folder_paths.get_folder_paths("honestface")),
-                                        "train with training/ and export with training/export.py")
-            net = load_honestface(bundle, base_file, offload, dtype, merge_lora=True)
-            try:
-                attach_backbone(net, backbone_file(net.config.features.backbone))
-            except MissingModelError as err:
-                logger.warning("[HonestFace Model Loader] %s -- restoring with references needs it; blind works", err)
-        if compile == "on":
-            net.generator.compile_modules()
+        net = load_restorer(comfy_models(), offload, precision_dtype(precision, device),
+                            bundle=CORE_OSDFACE if model == OSDFACE else model, base=base_path(base),
+                            compile_modules=compile == "on")
         patcher = comfy.model_patcher.ModelPatcher(HonestFaceModule(net, offload), load_device=device,
                                                    offload_device=offload, size=mm.module_size(net))
         return (patcher,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+# Test modules share a few helpers across the mirrored folders (e.g. HostReads from face/test_pasteback.py), so
+# every folder is importable whichever test file runs alone.
+sys.path[:0] = [str(d) for d in sorted(Path(__file__).parent.iterdir()) if d.is_dir() and not d.name.startswith(("_", "."))
+                and str(d) not in sys.path]
 CACHE = REPO / ".cache"
 PHOTOS = CACHE / "photos"
 

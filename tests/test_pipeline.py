@@ -20,8 +20,9 @@ from honestface_core.face.detection import YuNetDetector, detect_faces
 from honestface_core.errors import HonestFaceError
 from honestface_core.files.images import uint8_to_tensor
 from honestface_core import pipeline
-from honestface_core.pipeline import (BackboneIdentityEncoder, load_restorer, reference_key, reference_pieces,
-                                      restore_crops, restore_images)
+from honestface_core.model.loading import load_restorer
+from honestface_core.pipeline import (BackboneIdentityEncoder, reference_key, reference_pieces, restore_crops,
+                                      restore_images)
 from honestface_core.face.references import ReferenceSet, prepare_references
 
 from conftest import read_rgb

@@ -21,7 +21,7 @@ import torch.nn as nn
 from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.model.config import HonestFaceConfig
 from honestface_core.model.honestface import HonestFaceModel
-from honestface_core.model.iresnet import FaceBackbone
+from honestface_core.model.loading import load_face_backbone
 from honestface_core.model.osdface import LORA_FILE, OSDFaceFiles, read_osdface_files
 from training.config import TrainConfig
 
@@ -86,21 +86,6 @@ def load_osdface_weights(model: HonestFaceModel, files: OSDFaceFiles) -> None:
             params[name].copy_(value)
 
 
-def load_backbone(path: str | Path, mcfg: HonestFaceConfig) -> FaceBackbone:
-    """ArcFace IResNet from an insightface ONNX file; the feature stage is the one matching the model config."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingModelError(path.name, path.parent, "insightface buffalo_l/antelopev2 recogniser (w600k_r50.onnx / glintr100.onnx)")
-    from honestface_core.model.onnx_import import load_iresnet_from_onnx
-
-    net = load_iresnet_from_onnx(path)
-    want = mcfg.features.backbone_channels
-    if want not in net.widths:
-        raise HonestFaceError(f"face backbone '{path}'", f"has stage widths {net.widths}, the model needs {want}-channel features",
-                              "Set model.overrides.features.backbone_channels to one of these widths")
-    return FaceBackbone(net, feature_stage=net.widths.index(want) + 1)
-
-
 def build_model(cfg: TrainConfig, workdir: str | Path, dataset=None) -> HonestFaceModel:
     """The model to train (frozen parts frozen by the model itself), on CPU, in float32.
 
@@ -139,7 +124,7 @@ def build_model(cfg: TrainConfig, workdir: str | Path, dataset=None) -> HonestFa
     from honestface_core.model.base_model import load_base_model
 
     unet, vae = load_base_model(base, mcfg.generator.unet, mcfg.generator.vae)
-    model = HonestFaceModel(mcfg, unet=unet, vae=vae, backbone=load_backbone(backbone_path, mcfg))
+    model = HonestFaceModel(mcfg, unet=unet, vae=vae, backbone=load_face_backbone(backbone_path, mcfg.features.backbone_channels))
     if cfg.model.vre_checkpoint:
         vre = Path(cfg.model.vre_checkpoint)
         if not vre.is_file():

@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from honestface_core.pipeline import resolve_device, resolve_dtype
+    from honestface_core.devices import resolve_device, resolve_dtype
 
     try:
         counts = sorted({int(x) for x in str(args.faces).split(",") if x.strip()})

