@@ -214,7 +214,7 @@ def bench_image(faces: int, size: int = 512):
     import torch
     import torch.nn.functional as F
 
-    from honestface_core.face.alignment import FFHQ_TEMPLATE_512
+    from honestface_core.geometry import FFHQ_TEMPLATE_512
     from honestface_core.face.detection import DetectedFace
 
     cols = int(np.ceil(np.sqrt(faces)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from honestface_core.face.alignment import ARCFACE_TEMPLATE_112, align_faces, check_aligned_crops, estimate_similarity, template_for_size, warp_affine
+from honestface_core.face.alignment import align_faces, check_aligned_crops
+from honestface_core.geometry import ffhq_to_arcface, warp_antialiased
 from honestface_core.face.detection import FaceDetector, detect_faces
 from honestface_core.errors import HonestFaceError, MissingModelError
 
@@ -36,21 +36,11 @@ class IdentityEncoder(Protocol):
     def embed(self, crops: torch.Tensor) -> torch.Tensor: ...
 
 
-@lru_cache(maxsize=8)
-def _ffhq_to_arcface(size: int) -> np.ndarray:
-    return estimate_similarity(template_for_size(size), ARCFACE_TEMPLATE_112)
-
-
 def to_arcface_crops(crops: torch.Tensor) -> torch.Tensor:
     """FFHQ-aligned ``(N, S, S, 3)`` crops -> ``(N, 3, 112, 112)`` crops on the ArcFace template, in [0, 255]
-    RGB, on the crops' device."""
+    RGB, on the crops' device (:func:`~honestface_core.geometry.warp_antialiased`)."""
     chw = check_aligned_crops(crops, 16, "Align faces at 112 pixels or more (512 is standard)").float().permute(0, 3, 1, 2)
-    if chw.shape[-1] > 2 * ARCFACE_SIZE and chw.shape[0]:
-        # shrink with antialiasing first so the ~0.3x bilinear warp does not alias (our choice)
-        chw = F.interpolate(chw, size=(2 * ARCFACE_SIZE, 2 * ARCFACE_SIZE), mode="bilinear", antialias=True,
-                            align_corners=False)
-    m = torch.from_numpy(_ffhq_to_arcface(int(chw.shape[-1]))).to(chw.device, torch.float32)
-    small = warp_affine(chw, m.expand(chw.shape[0], 2, 3), ARCFACE_SIZE, padding_mode="zeros")
+    small = warp_antialiased(chw, ffhq_to_arcface(int(chw.shape[-1])), ARCFACE_SIZE, padding_mode="zeros")
     return small.clamp(0, 1) * 255.0
 
 

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from honestface_core.face.alignment import (affine_scale, invert_affine, resize_matrix, shrink_opencv, shrink_torch, uses_opencv,
-                        warp_affine, warp_affine_opencv)
+from honestface_core.geometry import affine_scale, invert_affine, resize_matrix, shrink_opencv, shrink_torch, uses_opencv, warp_affine, warp_affine_opencv
 from honestface_core.errors import HonestFaceError
 from honestface_core.face.parsing import feathered_mask
 
@@ -129,7 +128,7 @@ def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor
         Pixels where every mask is 0 are copied unchanged.
 
     Matrices and indices are read back to the host once per call (never per face); each crop is warped only
-    over its own window of the image. CPU float32 images use OpenCV (:func:`~honestface_core.face.alignment.uses_opencv`),
+    over its own window of the image. CPU float32 images use OpenCV (:func:`~honestface_core.geometry.uses_opencv`),
     other devices ``grid_sample``.
     """
     if images.dim() != 4 or crops.dim() != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:

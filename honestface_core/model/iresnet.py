@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from honestface_core.geometry import ffhq_to_arcface, warp_antialiased
+
 ARCFACE_SIZE = 112
 ARCFACE_MEAN = 127.5
 ARCFACE_STD = 127.5
@@ -146,7 +148,6 @@ class FaceBackbone(nn.Module):
             raise ValueError(f"feature_stage must be 1..4, got {feature_stage}")
         self.net = net.eval().requires_grad_(False)
         self.feature_stage = feature_stage
-        self._matrices: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, **kwargs) -> "FaceBackbone":
@@ -170,34 +171,17 @@ class FaceBackbone(nn.Module):
         """Stays in eval mode (frozen BN statistics) whatever the parent module does."""
         return super().train(False)
 
-    def _matrix(self, size: int) -> torch.Tensor:
-        """2x3 matrix mapping FFHQ crop pixels (side ``size``) to ArcFace-112 pixels."""
-        if size not in self._matrices:
-            from honestface_core.face.alignment import ARCFACE_TEMPLATE_112, estimate_similarity, template_for_size
-
-            dst = ARCFACE_TEMPLATE_112 * (self.net.input_size / 112.0)
-            self._matrices[size] = torch.from_numpy(estimate_similarity(template_for_size(size), dst)).float()
-        return self._matrices[size]
-
     def to_arcface(self, x: torch.Tensor) -> torch.Tensor:
         """Warp ``(B, 3, S, S)`` FFHQ crops in [-1, 1] to normalised ``(B, 3, 112, 112)`` ArcFace input.
 
-        ``(x + 1) / 2 * 255`` pixels normalised by ``(p - 127.5) / 127.5`` equal ``x`` itself, so only the warp
-        is needed. The crop is first shrunk with antialiasing to twice the target scale so that the bilinear warp
-        does not alias (our choice; both steps are differentiable).
+        ``(x + 1) / 2 * 255`` pixels normalised by ``(p - 127.5) / 127.5`` equal ``x`` itself, so only the
+        (antialiased, differentiable) warp is needed: :func:`~honestface_core.geometry.warp_antialiased`.
         """
-        from honestface_core.face.alignment import warp_affine
-
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
             raise ValueError(f"expected (B, 3, S, S) crops, got {tuple(x.shape)}")
-        x = x.float()  # the warp runs in float32 (antialiased resize has no CPU bf16 kernel); cast after
-        size, side = self.net.input_size, int(x.shape[-1])
-        scale = float(torch.linalg.det(self._matrix(side)[:, :2]).abs().sqrt())
-        if scale < 0.5:
-            side = max(size, round(side * 2 * scale))
-            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-        m = self._matrix(side).to(x.device)
-        return warp_affine(x, m.expand(x.shape[0], 2, 3), size, padding_mode="border")
+        size = self.net.input_size
+        # float32: antialiased resizing has no CPU bf16 kernel; the caller casts after
+        return warp_antialiased(x.float(), ffhq_to_arcface(int(x.shape[-1]), size), size, padding_mode="border")
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_arcface(x).to(self.net.conv1.weight.dtype)

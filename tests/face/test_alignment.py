@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from honestface_core.face.alignment import (ARCFACE_TEMPLATE_112, FFHQ_TEMPLATE_512, align_faces, estimate_similarity,
-                                       invert_affine, template_for_size, warp_affine)
+from honestface_core.face.alignment import align_faces
+from honestface_core.geometry import ARCFACE_TEMPLATE_112, FFHQ_TEMPLATE_512, estimate_similarity, invert_affine, template_for_size, warp_affine
 from honestface_core.face.detection import DetectedFace, YuNetDetector, detect_faces
 from honestface_core.files.images import load_image, uint8_to_tensor
 

@@ -106,7 +106,7 @@ def test_face_backbone_on_ffhq_crop_matches_insightface_alignment(arcface_onnx, 
     import insightface
     from insightface.utils import face_align
 
-    from honestface_core.face.alignment import FFHQ_TEMPLATE_512
+    from honestface_core.geometry import FFHQ_TEMPLATE_512
 
     rec = insightface.model_zoo.get_model(str(arcface_onnx), providers=["CPUExecutionProvider"])
     bgr = cv2.cvtColor(face_crop, cv2.COLOR_RGB2BGR)
