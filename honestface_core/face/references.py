@@ -232,14 +232,14 @@ def _check_suffix(path: Path) -> None:
 
 
 def save_identity_set(refset: ReferenceSet, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``refset`` to a ``.safetensors`` file. An existing file is kept unless ``overwrite`` is True."""
-    from safetensors.torch import save_file
+    """Write ``refset`` to a ``.safetensors`` file (:func:`~honestface_core.files.outputs.write_file`: an existing
+    file is kept unless ``overwrite`` is True, a symbolic link is never written through)."""
+    from safetensors.torch import save
+
+    from honestface_core.files.outputs import write_file
 
     path = Path(path)
     _check_suffix(path)
-    if os.path.lexists(path) and not overwrite:  # lexists: a dangling symbolic link is not replaced either
-        raise HonestFaceError(f"identity set file '{path}'", "already exists and is not overwritten",
-                              "Choose another file name, or allow overwriting")
     metadata = {
         "format": IDENTITY_SET_FORMAT,
         "format_version": str(IDENTITY_SET_VERSION),
@@ -249,14 +249,7 @@ def save_identity_set(refset: ReferenceSet, path: str | os.PathLike, overwrite: 
     }
     tensors = {"crops": refset.crops.detach().float().cpu().contiguous(),
                "embeddings": refset.embeddings.detach().float().cpu().contiguous()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    if os.path.lexists(tmp):  # never write through a file or link someone left there
-        raise HonestFaceError(f"identity set file '{path}'", f"cannot be written: '{tmp}' is in the way",
-                              "Remove that leftover file, or choose another file name")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    return write_file(path, save(tensors, metadata=metadata), "identity set file", overwrite)
 
 
 def load_identity_set(path: str | os.PathLike) -> ReferenceSet:

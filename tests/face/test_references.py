@@ -266,13 +266,15 @@ def test_identity_set_checks_accept_what_save_writes(tmp_path):
 
 
 def test_identity_set_save_never_writes_through_links(tmp_path):
-    """A dangling link at the target (or at the temporary name) is neither replaced nor written through."""
+    """A (dangling) link at the target is neither replaced nor written through, even with overwrite; a link left
+    beside it (e.g. at an old temporary name) is never touched."""
     ref = small_refset()
     outside = tmp_path / "outside.safetensors"
     os.symlink(outside, tmp_path / "set.safetensors")
-    with pytest.raises(HonestFaceError, match="already exists"):
-        save_identity_set(ref, tmp_path / "set.safetensors")
+    for overwrite in (False, True):
+        with pytest.raises(HonestFaceError, match="symbolic link"):
+            save_identity_set(ref, tmp_path / "set.safetensors", overwrite=overwrite)
     os.symlink(outside, tmp_path / ".other.safetensors.partial")
-    with pytest.raises(HonestFaceError, match="is in the way"):
-        save_identity_set(ref, tmp_path / "other.safetensors")
-    assert not outside.exists() and not (tmp_path / "other.safetensors").exists()
+    save_identity_set(ref, tmp_path / "other.safetensors")
+    assert not outside.exists() and (tmp_path / "set.safetensors").is_symlink()
+    assert torch.equal(load_identity_set(tmp_path / "other.safetensors").embeddings, ref.embeddings)
