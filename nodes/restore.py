@@ -16,7 +16,6 @@ from honestface_core.files.model_paths import MODEL_FILES
 from honestface_core.model.loading import OSDFACE as CORE_OSDFACE, load_restorer
 from honestface_core.pipeline import restore_crops, restore_images
 
-from .detection import warn_images_without_faces
 from .model_folders import check_choices, comfy_models
 from .result_text import ui_text
 from .types import (FACEANALYSIS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP,
@@ -233,8 +232,7 @@ class HonestFaceRestoreFaces:
                                 color_correction=color_correction, chunk_size=chunk_size or None,
                                 progress=lambda done, n: bar.update_absolute(done, n),
                                 interrupt=mm.throw_exception_if_processing_interrupted)
-        warn_images_without_faces(node, result.faces, images.shape[0])
-        counts = [int((result.faces.image_index == i).sum()) for i in range(images.shape[0])]
+        counts = torch.bincount(result.faces.image_index.cpu(), minlength=images.shape[0]).tolist()
         info = [f"restored {len(result.faces)} face(s) ({', '.join(map(str, counts))} per image), "
                 + (f"{len(references)} reference(s)" if references is not None and len(references) else "blind")]
         info += result.messages

@@ -63,9 +63,9 @@ def align_faces(images: torch.Tensor, faces: list[DetectedFace], size: int = 512
     the faces of each image are sampled in one ``grid_sample`` call with no read-back to the host; CPU
     float32 images are warped with OpenCV (:func:`uses_opencv`).
     """
-    from honestface_core.files.images import as_rgb_batch
+    from honestface_core.files.images import rgb_layout
 
-    images = as_rgb_batch(images, "images")
+    images = rgb_layout(images, "images")  # values and size are checked where images enter (as_rgb_batch)
     if padding_mode not in PADDING_MODES:
         raise HonestFaceError("padding mode", f"'{padding_mode}' is unknown", f"Use one of {', '.join(PADDING_MODES)}")
     for f in faces:

@@ -161,8 +161,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _rgb_layout(images: torch.Tensor, input_name: str) -> torch.Tensor:
-    """Type, shape and channel handling of :func:`as_rgb_batch`, without its size and value checks."""
+def rgb_layout(images: torch.Tensor, input_name: str) -> torch.Tensor:
+    """Type, shape and channel handling of :func:`as_rgb_batch`, without its size and value checks (for steps
+    inside the pipeline, whose input was checked where it entered)."""
     what = f"input '{input_name}'"
     if not isinstance(images, torch.Tensor):
         raise HonestFaceError(what, f"expected an IMAGE tensor, got {type(images).__name__}",
@@ -198,7 +199,7 @@ def as_rgb_batch(images: torch.Tensor, input_name: str) -> torch.Tensor:
             ``MIN_SIDE`` or larger than :func:`max_megapixels`, or NaN / infinite values.
     """
     what = f"input '{input_name}'"
-    images = _rgb_layout(images, input_name)
+    images = rgb_layout(images, input_name)
     check_image_size(images.shape[2], images.shape[1], what)
     bad = first_non_finite({f"image {i}": image for i, image in enumerate(images)})
     if bad is not None:
@@ -209,7 +210,7 @@ def as_rgb_batch(images: torch.Tensor, input_name: str) -> torch.Tensor:
 
 def tensor_to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     """``(B, H, W, C)`` float [0, 1] tensor -> list of ``np.uint8`` ``(H, W, 3)`` RGB arrays (rounded; NaN -> 0)."""
-    images = _rgb_layout(images, "images")
+    images = rgb_layout(images, "images")
     arr = (images.detach().nan_to_num(0.0).clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
     return [np.ascontiguousarray(a) for a in arr]
 
