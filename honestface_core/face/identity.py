@@ -48,6 +48,17 @@ def _normalize(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tens
     return F.normalize(torch.as_tensor(np.asarray(x), dtype=torch.float32).reshape(len(x), -1), dim=-1).to(device)
 
 
+def _embed_arcface_crops(crops: torch.Tensor, dim: int, batch_size: int,
+                         run: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
+    """L2-normalised embeddings of FFHQ crops by an ONNX recogniser ``run`` on ``(n, 3, 112, 112)`` batches of
+    ArcFace-template crops in [0, 255] (:func:`to_arcface_crops`), on the crops' device."""
+    small = to_arcface_crops(crops)
+    if small.shape[0] == 0:
+        return torch.zeros((0, dim), dtype=torch.float32, device=crops.device)
+    arr = small.cpu().numpy()
+    return _normalize(np.concatenate([run(arr[i:i + batch_size]) for i in range(0, len(arr), batch_size)]), crops.device)
+
+
 class ArcFaceEncoder:
     """insightface ArcFace recognizer of a loaded ``FaceAnalysis`` (``models['recognition']``).
 
@@ -68,12 +79,7 @@ class ArcFaceEncoder:
         self.batch_size = int(batch_size)
 
     def embed(self, crops: torch.Tensor) -> torch.Tensor:
-        small = to_arcface_crops(crops)
-        if small.shape[0] == 0:
-            return torch.zeros((0, self.dim), dtype=torch.float32, device=crops.device)
-        arr = small.cpu().numpy()
-        feats = [self.model.forward(arr[i:i + self.batch_size]) for i in range(0, len(arr), self.batch_size)]
-        return _normalize(np.concatenate(feats), crops.device)
+        return _embed_arcface_crops(crops, self.dim, self.batch_size, self.model.forward)
 
 
 class SFaceEncoder:
@@ -113,13 +119,8 @@ class SFaceEncoder:
         self.batch_size = int(batch_size)
 
     def embed(self, crops: torch.Tensor) -> torch.Tensor:
-        small = to_arcface_crops(crops)
-        if small.shape[0] == 0:
-            return torch.zeros((0, self.dim), dtype=torch.float32, device=crops.device)
-        arr = small.cpu().numpy()
-        feats = [self.session.run(None, {self.input_name: arr[i:i + self.batch_size]})[0]
-                 for i in range(0, len(arr), self.batch_size)]
-        return _normalize(np.concatenate(feats), crops.device)
+        return _embed_arcface_crops(crops, self.dim, self.batch_size,
+                                    lambda batch: self.session.run(None, {self.input_name: batch})[0])
 
 
 def _as_2d(x: torch.Tensor, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
