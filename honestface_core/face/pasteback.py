@@ -109,9 +109,26 @@ def _windows(inv: np.ndarray, index: list[int], s: int, h: int, w: int) -> list[
     return plans
 
 
+@dataclass
+class PastedFaces:
+    """:func:`paste_faces`' result: the composited images and, per pixel, how much of it the faces replaced."""
+
+    images: torch.Tensor  # (B, H, W, 3)
+    mask: torch.Tensor  # (B, H, W) in [0, 1]: 0 = the input pixel unchanged, 1 = wholly from the faces
+
+
+def paste_faces(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor, image_index: torch.Tensor,
+                masks: torch.Tensor | None = None, color_correction: str = "none",
+                reference_crops: torch.Tensor | None = None, strength: float = 1.0) -> PastedFaces:
+    """:func:`paste_back`, also returning the mask of the pasted faces (the blend weight each pixel got)."""
+    mask = torch.zeros(images.shape[:3], device=images.device, dtype=images.dtype)
+    return PastedFaces(_composite(images, crops, matrices, image_index, masks, color_correction, reference_crops,
+                                  strength, mask), mask)
+
+
 def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor, image_index: torch.Tensor,
                masks: torch.Tensor | None = None, color_correction: str = "none",
-               reference_crops: torch.Tensor | None = None) -> torch.Tensor:
+               reference_crops: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
     """Composite face crops back into their images.
 
     Args:
@@ -122,6 +139,8 @@ def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor
         masks: ``(N, S, S)`` soft masks in [0, 1] (crop space); default :func:`default_mask` for every crop.
         color_correction: ``"none"``, ``"adain"`` or ``"wavelet"``, toward ``reference_crops``.
         reference_crops: ``(N, S, S, 3)`` the original aligned crops (needed by colour correction).
+        strength: 0..1, how much of each restored face replaces the input: the blend weight (the warped mask)
+            is scaled by it, so 0 returns the input unchanged and 1 the restored faces.
 
     Returns:
         New ``(B, H, W, 3)`` tensor; faces are composited in order (a later face overlaps an earlier one).
@@ -131,16 +150,25 @@ def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor
     over its own window of the image. CPU float32 images use OpenCV (:func:`~honestface_core.geometry.uses_opencv`),
     other devices ``grid_sample``.
     """
+    return _composite(images, crops, matrices, image_index, masks, color_correction, reference_crops, strength, None)
+
+
+def _composite(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor, image_index: torch.Tensor,
+               masks: torch.Tensor | None, color_correction: str, reference_crops: torch.Tensor | None,
+               strength: float, coverage: torch.Tensor | None) -> torch.Tensor:
+    """:func:`paste_back`; accumulates the composite's alpha into ``coverage`` ``(B, H, W)`` when given."""
     if images.dim() != 4 or crops.dim() != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2]:
         raise HonestFaceError("paste back", f"expected images (B,H,W,3) and crops (N,S,S,3), got {tuple(images.shape)} and "
                               f"{tuple(crops.shape)}", "Pass IMAGE tensors and aligned crops")
+    if not 0.0 <= float(strength) <= 1.0:
+        raise HonestFaceError("strength", f"{strength} is outside 0..1", "Use 0 (input unchanged) to 1 (restored faces)")
     n, s = crops.shape[0], crops.shape[1]
     if matrices.shape[0] != n or len(image_index) != n:
         raise HonestFaceError("paste back", f"{n} crops but {matrices.shape[0]} matrices and {len(image_index)} image indices",
                               "Pass the matrices and image_index that came with the crops")
     cv = uses_opencv(images)
     out = torch.from_numpy(images.detach().numpy().copy()) if cv else images.detach().clone(memory_format=torch.contiguous_format)
-    if n == 0:
+    if n == 0 or float(strength) == 0.0:
         return out
     dev, dtype = images.device, images.dtype
     crops = color_correct(crops.to(dev, dtype), reference_crops, color_correction)
@@ -155,14 +183,16 @@ def paste_back(images: torch.Tensor, crops: torch.Tensor, matrices: torch.Tensor
                               "Pass the matching image_index")
     inv = invert_affine(torch.as_tensor(matrices).detach().cpu().numpy().astype(np.float64))  # crop -> image pixels
     paste = _paste_opencv if cv else _paste_torch
-    paste(out, crops, masks, _windows(inv, index, s, h, w))
+    paste(out, crops, masks, _windows(inv, index, s, h, w), float(strength), coverage)
     return out
 
 
-def _paste_opencv(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, windows: list[_Window | None]) -> None:
+def _paste_opencv(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, windows: list[_Window | None],
+                  strength: float, coverage: torch.Tensor | None) -> None:
     """Composite on CPU float32 through numpy views of ``out`` (in place, no copies of the image); crop and mask
     are warped separately (no RGBA copy per face)."""
     out_np, crops_np, masks_np = out.numpy(), crops.detach().contiguous().numpy(), masks.detach().numpy()
+    cov_np = None if coverage is None else coverage.numpy()
     for i, win in enumerate(windows):
         if win is None:
             continue
@@ -170,12 +200,18 @@ def _paste_opencv(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, w
         face, mask = crops_np[i], np.ascontiguousarray(masks_np[i])
         if win.shrink:
             face, mask = shrink_opencv(face, (win.shrink, win.shrink)), shrink_opencv(mask, (win.shrink, win.shrink))
-        face, alpha = warp_affine_opencv(face, win.m, hw, "zeros"), warp_affine_opencv(mask, win.m, hw, "zeros")
+        face, alpha = warp_affine_opencv(face, win.m, hw, "zeros"), np.clip(warp_affine_opencv(mask, win.m, hw, "zeros"), 0, 1)
+        if strength != 1.0:
+            alpha *= strength
         region = out_np[win.b, win.y0:win.y1, win.x0:win.x1]
-        region += np.clip(alpha, 0, 1)[..., None] * (face - region)
+        region += alpha[..., None] * (face - region)
+        if cov_np is not None:
+            cov = cov_np[win.b, win.y0:win.y1, win.x0:win.x1]
+            cov += alpha * (1 - cov)
 
 
-def _paste_torch(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, windows: list[_Window | None]) -> None:
+def _paste_torch(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, windows: list[_Window | None],
+                 strength: float, coverage: torch.Tensor | None) -> None:
     """Composite with ``grid_sample`` on ``out``'s device; every window and matrix comes from the host plan,
     so the loop queues work without waiting for the device."""
     chw = torch.cat([crops, masks[..., None]], dim=-1).permute(0, 3, 1, 2)
@@ -185,5 +221,9 @@ def _paste_torch(out: torch.Tensor, crops: torch.Tensor, masks: torch.Tensor, wi
         src = shrink_torch(chw[i:i + 1], (win.shrink, win.shrink)) if win.shrink else chw[i:i + 1]
         warped = warp_affine(src, torch.from_numpy(win.m)[None], (win.y1 - win.y0, win.x1 - win.x0),
                              mode="bicubic", padding_mode="zeros")[0].permute(1, 2, 0)
+        alpha = warped[..., 3:].clamp(0, 1) * strength
         region = out[win.b, win.y0:win.y1, win.x0:win.x1]
-        region += warped[..., 3:].clamp(0, 1) * (warped[..., :3] - region)
+        region += alpha * (warped[..., :3] - region)
+        if coverage is not None:
+            cov = coverage[win.b, win.y0:win.y1, win.x0:win.x1]
+            cov += alpha[..., 0] * (1 - cov)

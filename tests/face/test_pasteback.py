@@ -12,7 +12,7 @@ from honestface_core.face.detection import YuNetDetector, detect_faces
 from honestface_core.errors import HonestFaceError
 from honestface_core.files.images import uint8_to_tensor
 from honestface_core.face.parsing import feathered_mask, region_mask
-from honestface_core.face.pasteback import color_correct, paste_back
+from honestface_core.face.pasteback import color_correct, paste_back, paste_faces
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,35 @@ def test_color_correction_moves_statistics_toward_reference(group):
         paste_back(x, shifted, al.matrices[:3], al.image_index[:3], color_correction="adain")
     with pytest.raises(HonestFaceError, match="unknown"):
         color_correct(shifted, ref, "histogram")
+
+
+@pytest.mark.parametrize("opencv", [True, False], ids=["opencv", "device_path"])
+def test_strength_and_the_mask_of_the_pasted_faces(group, opencv, monkeypatch):
+    """Strength 0 returns the input bit for bit, 1 the plain paste-back; the mask is 0 exactly where nothing
+    changed, and for one face it is the blend weight: out = input + mask * (face - input)."""
+    for module in (alignment, pasteback):
+        monkeypatch.setattr(module, "uses_opencv", lambda t: opencv)
+    x, al = group
+    red = torch.zeros_like(al.crops)
+    red[..., 0] = 1
+    args = (x, red, al.matrices, al.image_index)
+    zero = paste_faces(*args, strength=0.0)
+    assert torch.equal(zero.images, x) and zero.mask.max() == 0
+    full = paste_faces(*args)
+    assert torch.equal(full.images, paste_back(*args)) and full.mask.shape == x.shape[:3]
+    changed = (full.images != x).any(-1)
+    assert not (changed & (full.mask == 0)).any() and changed[full.mask > 1e-3].all()  # red differs from the photos
+    assert 0.99 < full.mask.max() <= 1 and full.mask.min() == 0
+    one = paste_faces(x, red[6:], al.matrices[6:], al.image_index[6:])  # the astronaut's one face
+    expect = x + one.mask[..., None] * (torch.tensor([1.0, 0, 0]) - x)
+    # the warped red crop is red up to the bicubic weights' float32 rounding (measured 2e-5 with OpenCV)
+    assert (one.images - expect).abs().max() < 1e-4
+    one_half = paste_faces(x, red[6:], al.matrices[6:], al.image_index[6:], strength=0.5)
+    assert torch.equal(one_half.mask, 0.5 * one.mask)
+    assert ((one_half.images - x) - 0.5 * (one.images - x)).abs().max() < 1e-6
+    for bad in (-0.1, 1.5):
+        with pytest.raises(HonestFaceError, match="strength"):
+            paste_back(*args, strength=bad)
 
 
 def test_masks():
