@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from honestface_core.face.alignment import AlignedFaces, align_faces, check_aligned_crops
-from honestface_core.face.detection import DetectedFace, FaceDetector, detect_faces, parse_selection, select_faces
+from honestface_core.face.detection import (DetectedFace, FaceDetector, detect_faces, filter_faces, parse_selection,
+                                            select_faces)
 from honestface_core.errors import HonestFaceError
 from honestface_core.files.images import as_rgb_batch
-from honestface_core.face.pasteback import paste_back
+from honestface_core.face.pasteback import paste_faces
 from honestface_core.face.references import ReferenceSet
 
 MIN_CROP_SIZE = 64
@@ -244,12 +245,14 @@ class RestoreResult:
         images: ``(B, H, W, 3)`` restored images (input images without a face are returned unchanged).
         faces: the aligned faces (original crops, matrices, image index).
         restored: ``(N, S, S, 3)`` restored crops.
+        mask: ``(B, H, W)`` how much of each pixel comes from the restored faces (0 = the input pixel unchanged).
         messages: what the user should know (e.g. images without a face).
     """
 
     images: torch.Tensor
     faces: AlignedFaces
     restored: torch.Tensor
+    mask: torch.Tensor
     messages: list[str] = field(default_factory=list)
 
 
@@ -276,7 +279,8 @@ def check_face_indices(faces: list[DetectedFace], selection: str, image_names: S
 def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: ReferenceSet | None = None,
                    selection: str = "all", crop_size: int = 512, parser=None, color_correction: str = "none",
                    chunk_size: int | None = None, progress: Progress | None = None,
-                   interrupt: Interrupt | None = None, image_names: Sequence[str] | None = None) -> RestoreResult:
+                   interrupt: Interrupt | None = None, image_names: Sequence[str] | None = None,
+                   strength: float = 1.0, min_face_size: int = 0, gender: str = "any") -> RestoreResult:
     """Detect, align, restore and paste back every selected face of every image.
 
     Args:
@@ -291,6 +295,9 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
         color_correction: ``"none"``, ``"adain"`` or ``"wavelet"`` toward the original crops.
         chunk_size, progress, interrupt: as in :func:`restore_crops` (progress counts restored faces).
         image_names: names of the batch images for messages (e.g. file names).
+        strength: 0..1 blend of restored and original faces (:func:`~honestface_core.face.pasteback.paste_back`).
+        min_face_size, gender: face filters (:func:`~honestface_core.face.detection.filter_faces`), applied before
+            ``selection`` (indices count the faces that pass, left to right).
 
     Returns:
         :class:`RestoreResult`; images are returned on the input's device.
@@ -302,9 +309,12 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
     images = as_rgb_batch(images, "images")
     if refs is not None and len(refs) and model.config.variant != "osdface":
         check_references(model, refs)  # fail before the slow steps
-    parse_selection(selection)  # a bad selection fails before detection
+    parse_selection(selection)  # bad options fail before detection
+    filter_faces([], min_face_size, gender)
+    if not 0.0 <= float(strength) <= 1.0:
+        raise HonestFaceError("strength", f"{strength} is outside 0..1", "Use 0 (input unchanged) to 1 (restored faces)")
     host = images if images.device.type == "cpu" else images.cpu()  # the only copy of whole images, if any
-    found = detect_faces(detector, host, "all", interrupt=interrupt)
+    found = filter_faces(detect_faces(detector, host, "all", interrupt=interrupt), min_face_size, gender)
     check_face_indices(found, selection, image_names)
     faces = select_faces(found, selection)
     aligned = align_faces(images, faces, crop_size)
@@ -316,10 +326,11 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
     if not len(aligned):
         for m in messages:
             logger.warning(m)
-        return RestoreResult(images.clone(), aligned, aligned.crops, messages)
+        return RestoreResult(images.clone(), aligned, aligned.crops, images.new_zeros(images.shape[:3]), messages)
     restored = restore_crops(model, aligned.crops, refs, chunk_size, progress, interrupt)
     masks = parser.face_mask(aligned.crops) if parser is not None else None
-    out = paste_back(images, restored, aligned.matrices, aligned.image_index, masks, color_correction, aligned.crops)
+    pasted = paste_faces(images, restored, aligned.matrices, aligned.image_index, masks, color_correction, aligned.crops,
+                         strength)
     for m in messages:
         logger.warning(m)
-    return RestoreResult(out, aligned, restored, messages)
+    return RestoreResult(pasted.images, aligned, restored, pasted.mask, messages)
