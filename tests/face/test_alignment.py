@@ -1,4 +1,5 @@
-"""Alignment maths (similarity fit, exact inverse, pixel-exact torch warp) and real-photo alignment quality."""
+"""Alignment on real photos: crops on the FFHQ template by independent landmarks, batches and empty input
+(the geometry itself: tests/test_geometry.py)."""
 
 from __future__ import annotations
 
@@ -6,83 +7,11 @@ import numpy as np
 import torch
 
 from honestface_core.face.alignment import align_faces
-from honestface_core.geometry import ARCFACE_TEMPLATE_112, FFHQ_TEMPLATE_512, estimate_similarity, invert_affine, template_for_size, warp_affine
 from honestface_core.face.detection import DetectedFace, YuNetDetector, detect_faces
 from honestface_core.files.images import load_image, uint8_to_tensor
+from honestface_core.geometry import FFHQ_TEMPLATE_512, template_for_size
 
-
-def _apply(m, pts):
-    return pts @ m[:, :2].T + m[:, 2]
-
-
-def test_similarity_recovers_known_transform_and_is_least_squares():
-    rng = np.random.default_rng(1)
-    ang, s, t = 0.4, 2.3, np.array([13.0, -7.5])
-    true = np.hstack([s * np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]), t[:, None]])
-    src = rng.normal(size=(5, 2)) * 40
-    assert np.allclose(estimate_similarity(src, _apply(true, src)), true, atol=1e-9)
-    # with noise the fit beats small perturbations of itself (least squares)
-    dst = _apply(true, src) + rng.normal(size=(5, 2))
-    m = estimate_similarity(src, dst)
-    base = ((_apply(m, src) - dst) ** 2).sum()
-    for _ in range(20):
-        p = m + rng.normal(size=(2, 3)) * 1e-3
-        p[:, :2] = m[:, :2] + (lambda a, b: np.array([[a, -b], [b, a]]))(*rng.normal(size=2) * 1e-3)
-        assert ((_apply(p, src) - dst) ** 2).sum() >= base
-    # mirrored points give a rotation, never a reflection
-    assert np.linalg.det(estimate_similarity(src, src * [-1, 1])[:, :2]) > 0
-    assert np.allclose(template_for_size(256), FFHQ_TEMPLATE_512 / 2) and ARCFACE_TEMPLATE_112.shape == (5, 2)
-
-
-def test_invert_affine_numpy_torch_batches():
-    rng = np.random.default_rng(2)
-    m = rng.normal(size=(4, 2, 3)) + np.array([[1.0, 0, 0], [0, 1.0, 0]])
-    inv = invert_affine(m)
-    pts = rng.normal(size=(7, 2)) * 100
-    for a, b in zip(m, inv):
-        assert np.allclose(_apply(b, _apply(a, pts)), pts, atol=1e-8)
-    assert torch.allclose(invert_affine(torch.from_numpy(m)), torch.from_numpy(inv))
-    assert np.allclose(invert_affine(invert_affine(m)), m)
-
-
-def test_warp_is_pixel_exact_on_linear_images():
-    """Bilinear sampling reproduces linear functions exactly, so the warp must equal f(M^-1(x)) to float error."""
-    h, w = 37, 53
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    img = torch.stack([0.3 * xx + 0.1 * yy + 2, -0.2 * xx + 0.5 * yy, 0.05 * xx * 0 + 1.0])[None]
-    m = np.array([[0.9, 0.2, -3.0], [-0.15, 1.1, 2.5]])
-    out = warp_affine(img, torch.from_numpy(m)[None], (30, 40), padding_mode="zeros")[0]
-    inv = invert_affine(m)
-    v, u = np.meshgrid(np.arange(30), np.arange(40), indexing="ij")
-    src = _apply(inv, np.stack([u.ravel(), v.ravel()], 1).astype(float))
-    inside = (src[:, 0] >= 0) & (src[:, 0] <= w - 1) & (src[:, 1] >= 0) & (src[:, 1] <= h - 1)
-    expect = 0.3 * src[:, 0] + 0.1 * src[:, 1] + 2
-    got = out[0].numpy().ravel()
-    assert inside.sum() > 500 and np.abs(got[inside] - expect[inside]).max() < 1e-9
-
-
-def test_warp_roundtrip_and_batched_index():
-    rng = torch.Generator().manual_seed(0)
-    imgs = torch.rand(2, 3, 40, 48, generator=rng, dtype=torch.float64)
-    imgs = torch.nn.functional.avg_pool2d(imgs, 3, 1, 1)  # smooth enough for two resamplings
-    m = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],            # identity on image 1
-                      [[0.8, 0.1, 4.0], [-0.1, 0.8, 3.0]],            # similarity on image 0
-                      [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], dtype=torch.float64)  # identity on image 0
-    idx = torch.tensor([1, 0, 0])
-    out = warp_affine(imgs, m, (40, 48), idx)
-    assert torch.allclose(out[0], imgs[1], atol=1e-12) and torch.allclose(out[2], imgs[0], atol=1e-12)
-    # integer translation is exact
-    t = torch.tensor([[[1.0, 0, 3.0], [0, 1.0, -2.0]]], dtype=torch.float64)
-    moved = warp_affine(imgs[:1], t, (40, 48), padding_mode="zeros")[0]
-    assert torch.allclose(moved[:, :38, 3:], imgs[0, :, 2:40, :45], atol=1e-12)  # dst(x, y) = src(x - 3, y + 2)
-    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(48.0), indexing="ij")
-    # wavelengths long enough that two bilinear resamplings stay well inside the bound (measured 0.009; periods
-    # 1.5x shorter gave 0.019), short enough that a quarter-pixel offset of the way back fails it (0.034-0.042)
-    waves = [torch.sin(xx / 7.5) * torch.cos(yy / 9), torch.cos(xx / 10.5), torch.sin(yy / 6)]
-    smooth = torch.stack(waves)[None].double()
-    there = warp_affine(smooth, m[1:2], (40, 48))
-    back = warp_affine(there, invert_affine(m[1:2]), (40, 48))[0]
-    assert (back - smooth[0])[:, 8:-8, 8:-8].abs().max() < 0.02
+from test_geometry import _apply
 
 
 def _dlib_five(pred, img, rect):
