@@ -1,7 +1,7 @@
-"""ComfyUI adapters for ``honestface_core``: one module per concern, merged here.
+"""ComfyUI adapters for ``honestface_core``: one module per concern.
 
-To add a node module (it must define ``NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS``), add one import
-line below the others; every imported module with mappings is merged.
+Each node is declared once with ``@node`` (``declare.py``), which registers it; to add a node module, add one import
+line below the others. The mappings ComfyUI reads are the registry's.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 
 def _import_core_from_pack() -> None:
@@ -32,14 +31,10 @@ from .model_folders import register_model_folders  # noqa: E402
 
 register_model_folders()
 
-from . import loaders, detection, identity, references, pasteback  # noqa: E402,I001
-from . import evaluation, quality  # noqa: E402
-from . import restore  # noqa: E402
+# imported for their @node registrations, in the order the nodes are listed
+from . import loaders, detection, identity, references, pasteback  # noqa: E402,F401,I001
+from . import evaluation, quality  # noqa: E402,F401
+from . import restore  # noqa: E402,F401
+from .declare import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
-_MODULES = [m for m in list(globals().values()) if isinstance(m, ModuleType) and hasattr(m, "NODE_CLASS_MAPPINGS")]
-
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
-for _module in _MODULES:
-    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

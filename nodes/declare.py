@@ -29,7 +29,9 @@ def field(kind: Kind, tooltip: str, **options: Any) -> Field:
 
 
 def _section(fields: dict[str, Field]) -> dict[str, tuple]:
-    return {name: (kind() if callable(kind) else kind, options) for name, (kind, options) in fields.items()}
+    """ComfyUI's ``{name: (type or choices, options)}``, made anew on each call as a hand-written INPUT_TYPES does."""
+    return {name: (kind() if callable(kind) else kind if isinstance(kind, str) else list(kind), dict(options))
+            for name, (kind, options) in fields.items()}
 
 
 def node(node_id: str, display_name: str, category: str, function: str, description: str, *,

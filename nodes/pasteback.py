@@ -8,38 +8,29 @@ from honestface_core.errors import HonestFaceError
 from honestface_core.files.images import as_rgb_batch
 from honestface_core.face.pasteback import paste_back
 
+from .declare import field, node
 from .detection import face_masks
-from .types import FACES, FACEXLIB_HELPER, FACEXLIB_TOOLTIP
+from .types import COLOR_CORRECTIONS, FACES, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, MASK_INPUT
 
 NODE = "Paste Faces Back"
 
 
+@node("HonestFacePasteFacesBack", "HonestFace Paste Faces Back", "HonestFace/faces", "paste",
+      "Warps each (restored) face crop back into its source image and blends it in with a soft mask: the face "
+      "parser's (skin, brows, eyes, nose, lips, from the facexlib input) or a feathered square. Optional colour "
+      "correction matches each crop's colours to the original face. Pixels outside the faces are left untouched; "
+      "images without a face come out unchanged.",
+      required={
+          "image": field("IMAGE", "The images the faces were detected in (same batch as Detect Faces)."),
+          "faces": field(FACES, "The faces output of Detect Faces (alignment matrices)."),
+          "crops": field("IMAGE", "One crop per face, in the order of 'faces' (e.g. restored crops)."),
+          "mask": MASK_INPUT,
+          "color_correction": field(COLOR_CORRECTIONS, "Match the crop's colours to the original face: 'adain' "
+                                    "(mean/std per channel) or 'wavelet' (low frequencies)."),
+      },
+      optional={"facexlib": field(FACEXLIB_HELPER, FACEXLIB_TOOLTIP + " Needed for mask 'parsing'.")},
+      outputs=[("IMAGE", "image", "The images with the faces pasted back, same size as the input.")])
 class PasteFacesBack:
-    DESCRIPTION = ("Warps each (restored) face crop back into its source image and blends it in with a soft mask: "
-                   "the face parser's (skin, brows, eyes, nose, lips, from the facexlib input) or a feathered square. "
-                   "Optional colour correction matches each crop's colours to the original face. Pixels outside "
-                   "the faces are left untouched; images without a face come out unchanged.")
-    CATEGORY = "HonestFace/faces"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The images with the faces pasted back, same size as the input.",)
-    FUNCTION = "paste"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "image": ("IMAGE", {"tooltip": "The images the faces were detected in (same batch as Detect Faces)."}),
-                "faces": (FACES, {"tooltip": "The faces output of Detect Faces (alignment matrices)."}),
-                "crops": ("IMAGE", {"tooltip": "One crop per face, in the order of 'faces' (e.g. restored crops)."}),
-                "mask": (["auto", "parsing", "feathered"], {"tooltip": "Blend mask: 'parsing' uses the facexlib "
-                         "parser, 'feathered' a soft-edged square, 'auto' the parser when one is connected."}),
-                "color_correction": (["none", "adain", "wavelet"], {"tooltip": "Match the crop's colours to the "
-                                     "original face: 'adain' (mean/std per channel) or 'wavelet' (low frequencies)."}),
-            },
-            "optional": {"facexlib": (FACEXLIB_HELPER, {"tooltip": FACEXLIB_TOOLTIP + " Needed for mask 'parsing'."})},
-        }
-
     def paste(self, image, faces, crops, mask: str, color_correction: str, facexlib=None):
         images = as_rgb_batch(image, "image")
         crops = as_rgb_batch(crops, "crops") if len(crops) else crops
@@ -60,6 +51,3 @@ class PasteFacesBack:
                          color_correction=color_correction, reference_crops=faces.crops)
         return (out,)
 
-
-NODE_CLASS_MAPPINGS = {"HonestFacePasteFacesBack": PasteFacesBack}
-NODE_DISPLAY_NAME_MAPPINGS = {"HonestFacePasteFacesBack": "HonestFace Paste Faces Back"}

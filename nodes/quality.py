@@ -18,29 +18,22 @@ from honestface_core.metrics.image_quality import MetricUnavailable
 from honestface_core.metrics.iqa_files import pyiqa_cache_dir
 from honestface_core.metrics.no_reference import describe, load_no_reference_metric, metric_choices
 
+from .declare import field, node
 from .result_text import quality_summary, ui_text
 
 QUALITY_METRIC = "HONESTFACE_QUALITY_METRIC"
 
 
+@node("HonestFaceQualityMetricLoader", "HonestFace Quality Metric Loader", "HonestFace/loaders", "load",
+      "Loads a no-reference image quality metric from local weight files (nothing is downloaded): MUSIQ, C-IQA "
+      "(CLIP-IQA) or M-IQA (MANIQA), each in the variants pyiqa publishes, giving pyiqa's numbers. Put the files in "
+      f"models/iqa; files pyiqa already downloaded to {pyiqa_cache_dir()} are found too. A missing file stops with "
+      "its exact name and folder.",
+      required={"metric": field(metric_choices, "Metric (training set or variant). The first of each is the one the "
+                                "face-restoration literature reports; see docs/evaluation.md for files.")},
+      outputs=[(QUALITY_METRIC, "quality_metric", "A no-reference quality metric for the HonestFace Image Quality "
+                "node.")])
 class QualityMetricLoader:
-    DESCRIPTION = ("Loads a no-reference image quality metric from local weight files (nothing is downloaded): MUSIQ, "
-                   "C-IQA (CLIP-IQA) or M-IQA (MANIQA), each in the variants pyiqa publishes, giving pyiqa's numbers. "
-                   f"Put the files in models/iqa; files pyiqa already downloaded to {pyiqa_cache_dir()} are found too. "
-                   "A missing file stops with its exact name and folder.")
-    CATEGORY = "HonestFace/loaders"
-    RETURN_TYPES = (QUALITY_METRIC,)
-    RETURN_NAMES = ("quality_metric",)
-    OUTPUT_TOOLTIPS = ("A no-reference quality metric for the HonestFace Image Quality node.",)
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "metric": (metric_choices(), {"tooltip": "Metric (training set or variant). The first of each is the one "
-                                          "the face-restoration literature reports; see docs/evaluation.md for files."}),
-        }}
-
     def load(self, metric: str):
         # every registered folder named "iqa" (extra_model_paths.yaml entries first), ComfyUI's models/iqa last
         roots = [Path(p).parent for p in folder_paths.get_folder_paths("iqa") if Path(p).name == "iqa"]
@@ -54,25 +47,20 @@ class QualityMetricLoader:
                               "Nothing is downloaded automatically; see docs/evaluation.md for where to get it")
 
 
+@node("HonestFaceImageQuality", "HonestFace Image Quality (MUSIQ / CLIP-IQA / MANIQA)", "HonestFace/evaluation",
+      "score",
+      "Scores every image of a batch with a no-reference quality metric (higher = better; MUSIQ about 0-100, "
+      "CLIP-IQA 0-1, MANIQA about 0-1). Use it on restored faces (aligned crops) to compare restorers the way the "
+      "paper's MUSIQ / C-IQA / M-IQA columns do. Outputs the mean and a JSON report with the score of every image, "
+      "shown on the node.",
+      required={
+          "images": field("IMAGE", "Images to score (e.g. restored face crops); any size."),
+          "quality_metric": field(QUALITY_METRIC, "From the HonestFace Quality Metric Loader."),
+      },
+      outputs=[("FLOAT", "mean_score", "Mean score over the batch."),
+               ("STRING", "report", "JSON: metric, per-image scores, mean.")],
+      output_node=True)
 class ImageQuality:
-    DESCRIPTION = ("Scores every image of a batch with a no-reference quality metric (higher = better; MUSIQ about "
-                   "0-100, CLIP-IQA 0-1, MANIQA about 0-1). Use it on restored faces (aligned crops) to compare "
-                   "restorers the way the paper's MUSIQ / C-IQA / M-IQA columns do. Outputs the mean and a JSON "
-                   "report with the score of every image, shown on the node.")
-    CATEGORY = "HonestFace/evaluation"
-    RETURN_TYPES = ("FLOAT", "STRING")
-    RETURN_NAMES = ("mean_score", "report")
-    OUTPUT_TOOLTIPS = ("Mean score over the batch.", "JSON: metric, per-image scores, mean.")
-    FUNCTION = "score"
-    OUTPUT_NODE = True
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "Images to score (e.g. restored face crops); any size."}),
-            "quality_metric": (QUALITY_METRIC, {"tooltip": "From the HonestFace Quality Metric Loader."}),
-        }}
-
     def score(self, images: torch.Tensor, quality_metric):
         images = as_rgb_batch(images, "images")
         bar = comfy.utils.ProgressBar(images.shape[0])
@@ -88,12 +76,3 @@ class ImageQuality:
         text = json.dumps(report, indent=1)
         return {"ui": ui_text(text, quality_summary(report)), "result": (mean, text)}
 
-
-NODE_CLASS_MAPPINGS = {
-    "HonestFaceQualityMetricLoader": QualityMetricLoader,
-    "HonestFaceImageQuality": ImageQuality,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "HonestFaceQualityMetricLoader": "HonestFace Quality Metric Loader",
-    "HonestFaceImageQuality": "HonestFace Image Quality (MUSIQ / CLIP-IQA / MANIQA)",
-}

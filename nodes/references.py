@@ -15,45 +15,37 @@ from honestface_core.files.images import as_rgb_batch, tensor_to_uint8
 from honestface_core.face.references import (MIN_CROP_SIZE, check_relative_name, load_identity_set, prepare_references,
                                         read_reference_folder, resolve_reference_folder, save_identity_set)
 
+from .declare import field, node
 from .result_text import ui_text
-from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, REFS, pick_detector, pick_encoder
+from .types import INSIGHTFACE_INPUT, OPENCV_SFACE_INPUT, REFS, pick_detector, pick_encoder
 
 NODE = "Load References"
 INPUT_PREFIX = "input/"
 
 
+@node("HonestFaceLoadReferences", "HonestFace Load References", "HonestFace/references", "load",
+      "Builds the reference set of one person from photos: an IMAGE batch and/or every image in a folder inside "
+      "ComfyUI's input directory. The largest face of each photo is aligned and embedded; photos without a face are "
+      "skipped and listed in the status. With a target image and top_k > 0, only the K references most similar to "
+      "the target's face are kept.",
+      required={
+          "folder": field("STRING", "Folder inside ComfyUI's input directory with photos of the person (e.g. "
+                          "'refs/alice'); leave empty to use only 'images'.", default=""),
+          "top_k": field("INT", "Keep only the K references most similar to the target's face (needs 'target'); 0 "
+                         "keeps all.", default=0, min=0, max=64),
+          "crop_size": field("INT", "Side of the aligned reference crops (HonestFace uses 512).",
+                             default=512, min=MIN_CROP_SIZE, max=2048, step=8),
+      },
+      optional={
+          "images": field("IMAGE", "Reference photos of the person (a batch)."),
+          "target": field("IMAGE", "The image to restore; its largest face ranks the references for top_k."),
+          "insightface": INSIGHTFACE_INPUT,
+          "opencv": OPENCV_SFACE_INPUT,
+      },
+      outputs=[(REFS, "references", "Aligned crops, identity embeddings and per-reference status."),
+               ("IMAGE", "preview", "The aligned crops of the kept references."),
+               ("STRING", "status", "One line per input photo: kept or skipped, and why.")])
 class LoadReferences:
-    DESCRIPTION = ("Builds the reference set of one person from photos: an IMAGE batch and/or every image in a folder "
-                   "inside ComfyUI's input directory. The largest face of each photo is aligned and embedded; photos "
-                   "without a face are skipped and listed in the status. With a target image and top_k > 0, only "
-                   "the K references most similar to the target's face are kept.")
-    CATEGORY = "HonestFace/references"
-    RETURN_TYPES = (REFS, "IMAGE", "STRING")
-    RETURN_NAMES = ("references", "preview", "status")
-    OUTPUT_TOOLTIPS = ("Aligned crops, identity embeddings and per-reference status.",
-                       "The aligned crops of the kept references.",
-                       "One line per input photo: kept or skipped, and why.")
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "folder": ("STRING", {"default": "", "tooltip": "Folder inside ComfyUI's input directory with photos "
-                                      "of the person (e.g. 'refs/alice'); leave empty to use only 'images'."}),
-                "top_k": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Keep only the K references most "
-                                  "similar to the target's face (needs 'target'); 0 keeps all."}),
-                "crop_size": ("INT", {"default": 512, "min": MIN_CROP_SIZE, "max": 2048, "step": 8,
-                                      "tooltip": "Side of the aligned reference crops (HonestFace uses 512)."}),
-            },
-            "optional": {
-                "images": ("IMAGE", {"tooltip": "Reference photos of the person (a batch)."}),
-                "target": ("IMAGE", {"tooltip": "The image to restore; its largest face ranks the references for top_k."}),
-                "insightface": (FACEANALYSIS, {"tooltip": INSIGHTFACE_TOOLTIP}),
-                "opencv": (OPENCV_FACE, {"tooltip": OPENCV_TOOLTIP + " Needs its SFace recognizer."}),
-            },
-        }
-
     @classmethod
     def IS_CHANGED(cls, folder: str = "", **_):
         """Re-run when the folder's files change (ComfyUI would otherwise reuse the cached result)."""
@@ -98,23 +90,17 @@ def unused_path(directory: Path, stem: str, counter: int) -> Path:
     return directory / f"{stem}_{counter:05}_.safetensors"
 
 
+@node("HonestFaceSaveIdentitySet", "HonestFace Save Identity Set", "HonestFace/references", "save",
+      "Saves a reference set (aligned crops, embeddings, status) as a .safetensors identity set in ComfyUI's output "
+      "directory. Existing files are never overwritten: a new number is used. Move the file to models/honestface (or "
+      "the input directory) to load it later.",
+      required={
+          "references": field(REFS, "Reference set from Load References."),
+          "filename_prefix": field("STRING", "File name prefix inside the output directory (may contain a folder).",
+                                   default="honestface/identity"),
+      },
+      output_node=True)
 class SaveIdentitySet:
-    DESCRIPTION = ("Saves a reference set (aligned crops, embeddings, status) as a .safetensors identity set in "
-                   "ComfyUI's output directory. Existing files are never overwritten: a new number is used. Move the "
-                   "file to models/honestface (or the input directory) to load it later.")
-    CATEGORY = "HonestFace/references"
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "save"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "references": (REFS, {"tooltip": "Reference set from Load References."}),
-            "filename_prefix": ("STRING", {"default": "honestface/identity",
-                                           "tooltip": "File name prefix inside the output directory (may contain a folder)."}),
-        }}
-
     def save(self, references, filename_prefix: str):
         out_dir = folder_paths.get_output_directory()
         check_relative_name(filename_prefix, "Save Identity Set: filename_prefix", f"the output directory '{out_dir}'")
@@ -150,20 +136,14 @@ def identity_set_path(name: str) -> Path:
     return Path(full)
 
 
+@node("HonestFaceLoadIdentitySet", "HonestFace Load Identity Set", "HonestFace/references", "load",
+      "Loads an identity set saved by Save Identity Set (or the honestface CLI) from models/honestface or the input "
+      "directory, instead of re-detecting and re-embedding the reference photos.",
+      required={"identity_set": field(identity_set_files, "Identity set file: in models/honestface, or 'input/...' "
+                                      "for the input directory.")},
+      outputs=[(REFS, "references", "The stored reference set."), ("IMAGE", "preview", "Its aligned crops."),
+               ("STRING", "status", "Its per-reference status lines.")])
 class LoadIdentitySet:
-    DESCRIPTION = ("Loads an identity set saved by Save Identity Set (or the honestface CLI) from models/honestface "
-                   "or the input directory, instead of re-detecting and re-embedding the reference photos.")
-    CATEGORY = "HonestFace/references"
-    RETURN_TYPES = (REFS, "IMAGE", "STRING")
-    RETURN_NAMES = ("references", "preview", "status")
-    OUTPUT_TOOLTIPS = ("The stored reference set.", "Its aligned crops.", "Its per-reference status lines.")
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"identity_set": (identity_set_files(), {
-            "tooltip": "Identity set file: in models/honestface, or 'input/...' for the input directory."})}}
-
     @classmethod
     def IS_CHANGED(cls, identity_set: str):
         try:
@@ -177,14 +157,3 @@ class LoadIdentitySet:
         status = "\n".join(refs.status)
         return {"ui": ui_text(status), "result": (refs, refs.crops, status)}
 
-
-NODE_CLASS_MAPPINGS = {
-    "HonestFaceLoadReferences": LoadReferences,
-    "HonestFaceSaveIdentitySet": SaveIdentitySet,
-    "HonestFaceLoadIdentitySet": LoadIdentitySet,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "HonestFaceLoadReferences": "HonestFace Load References",
-    "HonestFaceSaveIdentitySet": "HonestFace Save Identity Set",
-    "HonestFaceLoadIdentitySet": "HonestFace Load Identity Set",
-}

@@ -16,9 +16,10 @@ from honestface_core.files.model_paths import MODEL_FILES
 from honestface_core.model.loading import OSDFACE as CORE_OSDFACE, load_restorer
 from honestface_core.pipeline import restore_crops, restore_images
 
+from .declare import field, node
 from .model_folders import check_choices, comfy_models
 from .result_text import ui_text
-from .types import (FACEANALYSIS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP,
+from .types import (COLOR_CORRECTIONS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_INPUT, MASK_INPUT, OPENCV_INPUT,
                     REFS, pick_detector)
 
 MODEL = "HONESTFACE_MODEL"
@@ -29,10 +30,11 @@ BASE_FOLDER = "stable-diffusion-2-1-base"
 BASE_CHECKPOINT = next(m.filename for m in MODEL_FILES if m.folder == "checkpoints")
 PRECISIONS = ["auto", "fp16", "bf16", "fp32"]  # a list: ComfyUI checks list choices
 COMPILE_CHOICES = ["off", "on"]
-REFS_TOOLTIP = ("The person's references (HonestFace Load References / Load Identity Set). Leave unconnected to "
-                "restore blind.")
-CHUNK_TOOLTIP = ("Faces per UNet batch; 0 = all faces in one batch (fastest). Halved automatically when the GPU runs "
-                 "out of memory.")
+MODEL_INPUT = field(MODEL, "From HonestFace Model Loader.")
+REFS_INPUT = field(REFS, "The person's references (HonestFace Load References / Load Identity Set). Leave unconnected "
+                   "to restore blind.")
+CHUNK_INPUT = field("INT", "Faces per UNet batch; 0 = all faces in one batch (fastest). Halved automatically when the "
+                    "GPU runs out of memory.", default=0, min=0, max=256)
 
 
 class HonestFaceModule(torch.nn.Module):
@@ -96,34 +98,28 @@ def loaded_model(patcher):
     return model.to(patcher.load_device)  # tensors outside parameter-holding leaf modules (buffers) follow too
 
 
+@node("HonestFaceModelLoader", "HonestFace Model Loader", "HonestFace/loaders", "load",
+      "Loads a HonestFace model: the trained bundle from models/honestface (or OSDFace's blind weights from "
+      "models/honestface/osdface) on top of the Stable Diffusion 2.1-base UNet + VAE, from a diffusers folder in "
+      "models/diffusers or a single-file checkpoint in models/checkpoints. The face backbone (the insightface ArcFace "
+      "recogniser the bundle names, e.g. buffalo_l/w600k_r50.onnx) is needed to restore with references. ComfyUI's "
+      "memory manager loads and offloads the model.",
+      required={
+          "model": field(bundle_choices, "HonestFace bundle (.safetensors) in models/honestface, or OSDFace's three "
+                         "files in models/honestface/osdface (blind only); only files found are listed."),
+          "base": field(base_choices, "SD-2.1-base: a diffusers folder (models/diffusers/<name> with unet/ and vae/) "
+                        "or a single-file checkpoint (models/checkpoints). No text encoder is used."),
+          "precision": field(PRECISIONS, "Weights' precision; 'auto' picks bf16 or fp16 where the GPU supports it and "
+                             "fp32 on CPU.", default="auto"),
+      },
+      optional={
+          "compile": field(COMPILE_CHOICES, "torch.compile the UNet and VAE: later restores run faster, but the first "
+                           "restore at each new face count compiles first (slow; see docs/restore.md). Off by default.",
+                           default="off"),
+      },
+      outputs=[(MODEL, "honestface_model", "The HonestFace restorer (VRE, embedders, fusion, UNet with the LoRA "
+                "merged, VAE).")])
 class HonestFaceModelLoader:
-    DESCRIPTION = ("Loads a HonestFace model: the trained bundle from models/honestface (or OSDFace's blind weights "
-                   "from models/honestface/osdface) on top of the Stable Diffusion 2.1-base UNet + VAE, from a diffusers "
-                   "folder in models/diffusers or a single-file checkpoint in models/checkpoints. The face backbone "
-                   "(the insightface ArcFace recogniser the bundle names, e.g. buffalo_l/w600k_r50.onnx) is needed to "
-                   "restore with references. ComfyUI's memory manager loads and offloads the model.")
-    CATEGORY = "HonestFace/loaders"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("honestface_model",)
-    OUTPUT_TOOLTIPS = ("The HonestFace restorer (VRE, embedders, fusion, UNet with the LoRA merged, VAE).",)
-    FUNCTION = "load"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": (bundle_choices(), {"tooltip": "HonestFace bundle (.safetensors) in models/honestface, or OSDFace's "
-                                         "three files in models/honestface/osdface (blind only); only files found "
-                                         "are listed."}),
-            "base": (base_choices(), {"tooltip": "SD-2.1-base: a diffusers folder (models/diffusers/<name> with unet/ "
-                                      "and vae/) or a single-file checkpoint (models/checkpoints). No text encoder is used."}),
-            "precision": (PRECISIONS, {"default": "auto", "tooltip": "Weights' precision; 'auto' picks bf16 or fp16 where "
-                                       "the GPU supports it and fp32 on CPU."}),
-        }, "optional": {
-            "compile": (COMPILE_CHOICES, {"default": "off", "tooltip": "torch.compile the UNet and VAE: later restores run "
-                                          "faster, but the first restore at each new face count compiles first (slow; "
-                                          "see docs/restore.md). Off by default."}),
-        }}
-
     @classmethod
     def VALIDATE_INPUTS(cls, model: str, base: str):
         osd = model == OSDFACE
@@ -150,28 +146,19 @@ def _progress_bar(total: int):
     return lambda done, n: bar.update_absolute(done, n)
 
 
+@node("HonestFaceRestoreCrops", "HonestFace Restore Crops", "HonestFace/restore", "restore",
+      "Restores aligned face crops (from HonestFace Detect Faces) in one step: all faces go through the UNet as one "
+      "batch. With references the restored faces keep the person's identity; without them the model restores blind. "
+      "Paste the result back with HonestFace Paste Faces Back.",
+      required={
+          "honestface_model": MODEL_INPUT,
+          "crops": field("IMAGE", "Aligned face crops (FFHQ template, 512x512 is native; other sizes are resized to "
+                         "512 and back)."),
+          "chunk_size": CHUNK_INPUT,
+      },
+      optional={"references": REFS_INPUT},
+      outputs=[("IMAGE", "restored_crops", "The restored crops, same size and order as the input crops.")])
 class HonestFaceRestoreCrops:
-    DESCRIPTION = ("Restores aligned face crops (from HonestFace Detect Faces) in one step: all faces go through the "
-                   "UNet as one batch. With references the restored faces keep the person's identity; without them "
-                   "the model restores blind. Paste the result back with HonestFace Paste Faces Back.")
-    CATEGORY = "HonestFace/restore"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("restored_crops",)
-    OUTPUT_TOOLTIPS = ("The restored crops, same size and order as the input crops.",)
-    FUNCTION = "restore"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "honestface_model": (MODEL, {"tooltip": "From HonestFace Model Loader."}),
-                "crops": ("IMAGE", {"tooltip": "Aligned face crops (FFHQ template, 512x512 is native; other sizes are "
-                                    "resized to 512 and back)."}),
-                "chunk_size": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": CHUNK_TOOLTIP}),
-            },
-            "optional": {"references": (REFS, {"tooltip": REFS_TOOLTIP})},
-        }
-
     def restore(self, honestface_model, crops, chunk_size: int, references=None):
         if len(crops) == 0:
             return (crops,)
@@ -182,41 +169,31 @@ class HonestFaceRestoreCrops:
         return (out.to(mm.intermediate_device()),)
 
 
+@node("HonestFaceRestoreFaces", "HonestFace Restore Faces", "HonestFace/restore", "restore",
+      "All in one: finds the faces, aligns them, restores them in one UNet batch and pastes them back with a soft mask "
+      "(the face parser's if the facexlib input has one, else feathered). Connect references for identity-preserving "
+      "restoration, or leave them out to restore blind. Images without a face pass through unchanged. Connect exactly "
+      "one detector: insightface, facexlib or OpenCV.",
+      required={
+          "honestface_model": MODEL_INPUT,
+          "image": field("IMAGE", "Images whose faces are restored (any batch size)."),
+          "faces": field("STRING", "Which faces of each image: 'all', 'largest', or face numbers such as '0' or '0,2' "
+                         "(left to right from 0 in each image).", default="all"),
+          "mask": MASK_INPUT,
+          "color_correction": field(COLOR_CORRECTIONS, "Match the restored face's colours to the original: 'adain' "
+                                    "(mean/std per channel) or 'wavelet' (low frequencies)."),
+          "chunk_size": CHUNK_INPUT,
+      },
+      optional={
+          "references": REFS_INPUT,
+          "insightface": INSIGHTFACE_INPUT,
+          "facexlib": field(FACEXLIB_HELPER, FACEXLIB_TOOLTIP + " Its parser, if any, makes the paste mask."),
+          "opencv": OPENCV_INPUT,
+      },
+      outputs=[("IMAGE", "image", "The images with the restored faces pasted back (same size as the input)."),
+               ("IMAGE", "restored_crops", "The restored face crops (one per face)."),
+               ("STRING", "info", "What was done: faces per image, references used, images without a face.")])
 class HonestFaceRestoreFaces:
-    DESCRIPTION = ("All in one: finds the faces, aligns them, restores them in one UNet batch and pastes them back with "
-                   "a soft mask (the face parser's if the facexlib input has one, else feathered). Connect references "
-                   "for identity-preserving restoration, or leave them out to restore blind. Images without a face "
-                   "pass through unchanged. Connect exactly one detector: insightface, facexlib or OpenCV.")
-    CATEGORY = "HonestFace/restore"
-    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
-    RETURN_NAMES = ("image", "restored_crops", "info")
-    OUTPUT_TOOLTIPS = ("The images with the restored faces pasted back (same size as the input).",
-                       "The restored face crops (one per face).",
-                       "What was done: faces per image, references used, images without a face.")
-    FUNCTION = "restore"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "honestface_model": (MODEL, {"tooltip": "From HonestFace Model Loader."}),
-                "image": ("IMAGE", {"tooltip": "Images whose faces are restored (any batch size)."}),
-                "faces": ("STRING", {"default": "all", "tooltip": "Which faces of each image: 'all', 'largest', or face "
-                                     "numbers such as '0' or '0,2' (left to right from 0 in each image)."}),
-                "mask": (["auto", "parsing", "feathered"], {"tooltip": "Blend mask: 'parsing' uses the facexlib parser, "
-                         "'feathered' a soft-edged square, 'auto' the parser when one is connected."}),
-                "color_correction": (["none", "adain", "wavelet"], {"tooltip": "Match the restored face's colours to the "
-                                     "original: 'adain' (mean/std per channel) or 'wavelet' (low frequencies)."}),
-                "chunk_size": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": CHUNK_TOOLTIP}),
-            },
-            "optional": {
-                "references": (REFS, {"tooltip": REFS_TOOLTIP}),
-                "insightface": (FACEANALYSIS, {"tooltip": INSIGHTFACE_TOOLTIP}),
-                "facexlib": (FACEXLIB_HELPER, {"tooltip": FACEXLIB_TOOLTIP + " Its parser, if any, makes the paste mask."}),
-                "opencv": (OPENCV_FACE, {"tooltip": OPENCV_TOOLTIP}),
-            },
-        }
-
     def restore(self, honestface_model, image, faces: str, mask: str, color_correction: str, chunk_size: int,
                 references=None, insightface=None, facexlib=None, opencv=None):
         node = "HonestFace Restore Faces"
@@ -240,14 +217,3 @@ class HonestFaceRestoreFaces:
         text = "\n".join(info)
         return {"ui": ui_text(text), "result": (result.images.to(out_device), result.restored.to(out_device), text)}
 
-
-NODE_CLASS_MAPPINGS = {
-    "HonestFaceModelLoader": HonestFaceModelLoader,
-    "HonestFaceRestoreCrops": HonestFaceRestoreCrops,
-    "HonestFaceRestoreFaces": HonestFaceRestoreFaces,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "HonestFaceModelLoader": "HonestFace Model Loader",
-    "HonestFaceRestoreCrops": "HonestFace Restore Crops",
-    "HonestFaceRestoreFaces": "HonestFace Restore Faces",
-}

@@ -1,4 +1,5 @@
-"""Custom ComfyUI type names of the pack and the choice of detector / identity encoder from a node's inputs."""
+"""Custom ComfyUI type names of the pack, the inputs several nodes share, and the choice of detector / identity
+encoder from a node's inputs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from honestface_core.face.detection import FaceDetector, InsightFaceDetector, Re
 from honestface_core.errors import HonestFaceError
 from honestface_core.face.identity import ArcFaceEncoder, IdentityEncoder, SFaceEncoder
 from honestface_core.face.parsing import FaceParser
+
+from .declare import field
 
 FACEANALYSIS = "FACEANALYSIS,INSIGHTFACE,FACE_ANALYSIS"
 """insightface ``FaceAnalysis`` as cubiq's InstantID / PuLID loaders name it; inputs accept all three names."""
@@ -20,6 +23,13 @@ INSIGHTFACE_TOOLTIP = ("An insightface FaceAnalysis (HonestFace insightface load
                        "loaders): SCRFD detector + ArcFace identity.")
 FACEXLIB_TOOLTIP = "facexlib models (HonestFace facexlib loader): RetinaFace detector and/or face parser."
 OPENCV_TOOLTIP = "OpenCV YuNet detector + SFace identity (HonestFace OpenCV loader): small, CPU only, permissive licences."
+
+INSIGHTFACE_INPUT = field(FACEANALYSIS, INSIGHTFACE_TOOLTIP)
+OPENCV_INPUT = field(OPENCV_FACE, OPENCV_TOOLTIP)
+OPENCV_SFACE_INPUT = field(OPENCV_FACE, OPENCV_TOOLTIP + " Needs its SFace recognizer.")
+COLOR_CORRECTIONS = ["none", "adain", "wavelet"]  # a list: ComfyUI checks list choices
+MASK_INPUT = field(["auto", "parsing", "feathered"], "Blend mask: 'parsing' uses the facexlib parser, 'feathered' a "
+                   "soft-edged square, 'auto' the parser when one is connected.")
 
 
 @dataclass

@@ -15,13 +15,13 @@ pytestmark = pytest.mark.comfy
 
 
 def pack_node_names() -> set[str]:
-    """Every key of every ``NODE_CLASS_MAPPINGS = {...}`` literal in nodes/*.py (read from the source)."""
+    """The node id of every ``@node("id", ...)`` class decorator in nodes/*.py (read from the source)."""
     names = set()
     for path in (REPO / "nodes").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and any(
-                    isinstance(t, ast.Name) and t.id == "NODE_CLASS_MAPPINGS" for t in node.targets):
-                names.update(k.value for k in node.value.keys)
+        for cls in ast.walk(ast.parse(path.read_text())):
+            if isinstance(cls, ast.ClassDef):
+                names.update(d.args[0].value for d in cls.decorator_list if isinstance(d, ast.Call)
+                             and isinstance(d.func, ast.Name) and d.func.id == "node")
     return names
 
 
