@@ -301,3 +301,24 @@ def comfy_server(tmp_path_factory, test_models_dir):
     root = tmp_path_factory.mktemp("comfy_server")
     with ComfyServer(root, write_extra_model_paths(root / "extra_model_paths.yaml", test_models_dir)) as server:
         yield server
+
+
+def face_change(out, src, pad: float):
+    """Where a one-face workflow changed its photo: ``(diff, far, inner)``, the per-pixel largest channel change,
+    the pixels farther than ``pad`` x the detection box from the face (the real YuNet), and the change inside the
+    box. The FFHQ crop spans about twice the detector box."""
+    import numpy as np
+
+    from honestface_core.face.detection import YuNetDetector
+    from honestface_core.files.model_paths import bundled_model_path
+
+    assert out.shape == src.shape
+    diff = np.abs(out.astype(int) - src.astype(int)).max(-1)
+    faces = YuNetDetector(bundled_model_path("face_detection_yunet_2023mar.onnx")).detect(src)
+    assert len(faces) == 1
+    x1, y1, x2, y2 = faces[0].box
+    margin = pad * max(x2 - x1, y2 - y1)
+    far = np.ones_like(diff, dtype=bool)
+    far[max(0, int(y1 - margin)):int(y2 + margin), max(0, int(x1 - margin)):int(x2 + margin)] = False
+    return diff, far, diff[int(y1):int(y2), int(x1):int(x2)]
+

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from comfy_harness import PACK_NAME, REPO, load_api_workflow, output_files
+from comfy_harness import PACK_NAME, REPO, face_change, load_api_workflow, output_files
 
 pytestmark = pytest.mark.comfy
 
@@ -48,9 +48,6 @@ def _read_like_load_image(path) -> np.ndarray:
 
 
 def test_face_detect_paste_workflow(comfy_server, photos_dir):
-    from honestface_core.face.detection import YuNetDetector
-    from honestface_core.files.model_paths import bundled_model_path
-
     shutil.copy(photos_dir / "obama.jpg", comfy_server.input_dir / "obama.jpg")
     prompt = load_api_workflow("Detect faces and paste back.json")
     prompt["1"]["inputs"]["image"] = "obama.jpg"
@@ -60,17 +57,8 @@ def test_face_detect_paste_workflow(comfy_server, photos_dir):
     assert len(saved) == 1 and saved[0].is_file()
 
     src = _read_like_load_image(comfy_server.input_dir / "obama.jpg")
-    out = np.asarray(Image.open(saved[0]).convert("RGB"))
-    assert out.shape == src.shape
-    diff = np.abs(out.astype(int) - src.astype(int)).max(-1)
-    faces = YuNetDetector(bundled_model_path("face_detection_yunet_2023mar.onnx")).detect(src)
-    assert len(faces) == 1
-    x1, y1, x2, y2 = faces[0].box
-    pad = 0.6 * max(x2 - x1, y2 - y1)  # the FFHQ crop spans about twice the detector box
-    far = np.ones_like(diff, dtype=bool)
-    far[max(0, int(y1 - pad)):int(y2 + pad), max(0, int(x1 - pad)):int(x2 + pad)] = False
+    diff, far, inner = face_change(np.asarray(Image.open(saved[0]).convert("RGB")), src, pad=0.6)
     assert diff[far].max() == 0  # outside the face and its seam band: the input, exactly
-    inner = diff[int(y1):int(y2), int(x1):int(x2)]
     assert inner.mean() < 3 and diff.any()  # the unchanged crop was pasted back (resampled) over the face
 
 
