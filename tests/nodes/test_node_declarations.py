@@ -5,6 +5,7 @@ Saved workflows depend on these (widget values are stored by input order)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,8 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
 BEFORE = HERE / "node_declarations.json"  # written by node_declarations.py at the commit before nodes/declare.py
@@ -30,13 +29,65 @@ def now(tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.comfy
+@pytest.mark.slow
 def test_same_nodes_in_the_same_order(now):
     assert list(now) == list(json.loads(BEFORE.read_text()))
 
 
+@pytest.mark.comfy
+@pytest.mark.slow
 @pytest.mark.parametrize("node", list(json.loads(BEFORE.read_text())))
 def test_declarations_unchanged(now, node):
     before = json.loads(BEFORE.read_text())[node]
     assert node in now, f"{node} is no longer registered"
     for key in sorted(set(before) | set(now[node])):
         assert now[node].get(key) == before.get(key), f"{node}: '{key}' changed"  # input_order: saved widget order
+
+
+def _fresh_declare():
+    """A fresh copy of nodes/declare.py (no ComfyUI import in it), under a private name: importing the ``nodes``
+    package here would shadow ComfyUI's own ``nodes`` module."""
+    spec = importlib.util.spec_from_file_location("_declare_under_test", HERE.parents[1] / "nodes" / "declare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_choices_are_listed_when_comfyui_asks():
+    declare, files = _fresh_declare(), ["a.onnx"]
+
+    @declare.node("TestNode", "Test Node", "HonestFace/test", "run", "A node.",
+                  required={"file": declare.field(lambda: list(files), "A file."),
+                            "size": declare.field("INT", "Size.", default=8, min=1)},
+                  outputs=[("IMAGE", "image", "An image.")])
+    class TestNode:
+        def run(self, file, size):
+            return (file,)
+
+    assert TestNode.INPUT_TYPES() == {"required": {"file": (["a.onnx"], {"tooltip": "A file."}),
+                                                   "size": ("INT", {"default": 8, "min": 1, "tooltip": "Size."})}}
+    files.append("b.onnx")
+    first = TestNode.INPUT_TYPES()
+    assert first["required"]["file"][0] == ["a.onnx", "b.onnx"]
+    first["required"]["size"][1]["default"] = 99  # a caller changing what it got changes nothing declared
+    assert TestNode.INPUT_TYPES()["required"]["size"][1]["default"] == 8
+    assert (TestNode.RETURN_TYPES, TestNode.RETURN_NAMES, TestNode.OUTPUT_TOOLTIPS) == (("IMAGE",), ("image",),
+                                                                                        ("An image.",))
+    assert declare.NODE_CLASS_MAPPINGS == {"TestNode": TestNode}
+    assert declare.NODE_DISPLAY_NAME_MAPPINGS == {"TestNode": "Test Node"}
+
+
+def test_a_node_id_declared_twice_or_a_missing_function_stops_the_import():
+    declare = _fresh_declare()
+
+    class Runs:
+        def run(self):
+            return ()
+
+    declare.node("TestNode", "Test Node", "HonestFace/test", "run", "A node.", required={})(Runs)
+    with pytest.raises(ValueError, match="'TestNode' is declared twice"):
+        declare.node("TestNode", "Other", "HonestFace/test", "run", "A node.", required={})(type("Other", (Runs,), {}))
+    with pytest.raises(TypeError, match="Runs has no method 'execute'"):
+        declare.node("TestNode2", "Test Node 2", "HonestFace/test", "execute", "A node.", required={})(Runs)
+    assert list(declare.NODE_CLASS_MAPPINGS) == ["TestNode"]
