@@ -35,6 +35,7 @@ register_model_folders()
 from . import loaders, detection, identity, references, pasteback  # noqa: E402,F401,I001
 from . import evaluation, quality  # noqa: E402,F401
 from . import restore  # noqa: E402,F401
+from . import identity_library  # noqa: E402,F401
 from .declare import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

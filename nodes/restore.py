@@ -11,6 +11,8 @@ import folder_paths
 import torch
 
 from honestface_core.errors import HonestFaceError, MissingModelError
+from honestface_core.face.detection import GENDERS
+from honestface_core.face.identity_library import DEFAULT_THRESHOLD, UNMATCHED
 from honestface_core.files.images import as_rgb_batch
 from honestface_core.files.model_paths import MODEL_FILES
 from honestface_core.model.loading import OSDFACE as CORE_OSDFACE, load_restorer
@@ -19,8 +21,8 @@ from honestface_core.pipeline import restore_crops, restore_images
 from .declare import field, node
 from .model_folders import check_choices, comfy_models
 from .result_text import ui_text
-from .types import (COLOR_CORRECTIONS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_INPUT, MASK_INPUT, OPENCV_INPUT,
-                    REFS, pick_detector)
+from .types import (COLOR_CORRECTIONS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_INPUT, LIBRARY, MASK_INPUT,
+                    OPENCV_INPUT, REFS, pick_detector, pick_encoder)
 
 MODEL = "HONESTFACE_MODEL"
 OSDFACE = "osdface (OSDFace's blind weights in honestface/osdface/)"
@@ -189,31 +191,61 @@ class HonestFaceRestoreCrops:
           "insightface": INSIGHTFACE_INPUT,
           "facexlib": field(FACEXLIB_HELPER, FACEXLIB_TOOLTIP + " Its parser, if any, makes the paste mask."),
           "opencv": OPENCV_INPUT,
+          "strength": field("FLOAT", "How much of each restored face replaces the original: 0 = the input unchanged, "
+                            "1 = the restored face (the paste mask is scaled by it).", default=1.0, min=0.0, max=1.0,
+                            step=0.05),
+          "min_face_size": field("INT", "Skip faces whose detection box's shorter side is smaller than this many "
+                                 "pixels (0 = restore every face). Applied before 'faces'.", default=0, min=0, max=8192),
+          "gender": field(GENDERS, "Restore only faces of this gender: needs the insightface detector with a pack "
+                          "that has genderage.onnx. Applied before 'faces'.", default="any"),
+          "identity_library": field(LIBRARY, "Group photos: several people's references (HonestFace Identity "
+                                    "Library). Each face is matched to the closest person and restored with their "
+                                    "references; connect this or 'references', not both."),
+          "unmatched": field(list(UNMATCHED), "With an identity library: what happens to a face that matches nobody - "
+                             "restored blind, or left untouched (skip).", default="blind"),
+          "identity_threshold": field("FLOAT", "With an identity library: the lowest identity similarity (cosine) "
+                                      "that counts as a match (our default 0.3, see docs/restore.md).",
+                                      default=DEFAULT_THRESHOLD, min=-1.0, max=1.0, step=0.01),
       },
       outputs=[("IMAGE", "image", "The images with the restored faces pasted back (same size as the input)."),
                ("IMAGE", "restored_crops", "The restored face crops (one per face)."),
-               ("STRING", "info", "What was done: faces per image, references used, images without a face.")])
+               ("STRING", "info", "What was done: faces per image, references used, images without a face, who is "
+                "who with an identity library."),
+               ("MASK", "mask", "Where the restored faces were pasted, with the weight each pixel got (0 = input "
+                "pixel unchanged); for downstream nodes such as inpainting or compositing.")])
 class HonestFaceRestoreFaces:
     def restore(self, honestface_model, image, faces: str, mask: str, color_correction: str, chunk_size: int,
-                references=None, insightface=None, facexlib=None, opencv=None):
+                references=None, insightface=None, facexlib=None, opencv=None, strength: float = 1.0,
+                min_face_size: int = 0, gender: str = "any", identity_library=None, unmatched: str = "blind",
+                identity_threshold: float = DEFAULT_THRESHOLD):
         node = "HonestFace Restore Faces"
         images = as_rgb_batch(image, "image")
         parser = getattr(facexlib, "parser", None)
         if mask == "parsing" and parser is None:
             raise HonestFaceError(f"{node}: mask", "'parsing' needs a face parser",
                                   "Connect a HonestFace facexlib loader with a parser, or choose 'feathered'")
+        if references is not None and identity_library is not None:
+            raise HonestFaceError(f"{node}: references", "and identity_library are both connected",
+                                  "Connect one person's references, or an identity library for group photos")
         detector = pick_detector(node, insightface=insightface, facexlib=facexlib, opencv=opencv)
+        matcher = None  # with a library: the connected insightface / SFace recogniser, else the model's own backbone
+        if identity_library is not None and (insightface is not None or getattr(opencv, "encoder", None) is not None):
+            matcher = pick_encoder(node, insightface=insightface, opencv=opencv)
         model = loaded_model(honestface_model)
         bar = comfy.utils.ProgressBar(1)
-        result = restore_images(model, images, detector, references, faces, parser=None if mask == "feathered" else parser,
-                                color_correction=color_correction, chunk_size=chunk_size or None,
-                                progress=lambda done, n: bar.update_absolute(done, n),
-                                interrupt=mm.throw_exception_if_processing_interrupted)
+        result = restore_images(model, images, detector, identity_library or references, faces,
+                                parser=None if mask == "feathered" else parser, color_correction=color_correction,
+                                chunk_size=chunk_size or None, progress=lambda done, n: bar.update_absolute(done, n),
+                                interrupt=mm.throw_exception_if_processing_interrupted, strength=strength,
+                                min_face_size=min_face_size, gender=gender, unmatched=unmatched,
+                                identity_encoder=matcher, identity_threshold=identity_threshold)
         counts = torch.bincount(result.faces.image_index.cpu(), minlength=images.shape[0]).tolist()
-        info = [f"restored {len(result.faces)} face(s) ({', '.join(map(str, counts))} per image), "
-                + (f"{len(references)} reference(s)" if references is not None and len(references) else "blind")]
-        info += result.messages
+        used = (f"identity library of {len(identity_library)}" if identity_library is not None
+                else f"{len(references)} reference(s)" if references is not None and len(references) else "blind")
+        info = [f"restored {len(result.faces)} face(s) ({', '.join(map(str, counts))} per image), {used}"]
+        info += [m.describe() for m in result.identities] + result.messages
         out_device = mm.intermediate_device()
         text = "\n".join(info)
-        return {"ui": ui_text(text), "result": (result.images.to(out_device), result.restored.to(out_device), text)}
+        return {"ui": ui_text(text), "result": (result.images.to(out_device), result.restored.to(out_device), text,
+                                                result.mask.to(out_device))}
 

@@ -18,6 +18,7 @@ FACEXLIB_HELPER = "FACEXLIB_HELPER"
 OPENCV_FACE = "HONESTFACE_OPENCV"
 FACES = "HONESTFACE_FACES"
 REFS = "HONESTFACE_REFS"
+LIBRARY = "HONESTFACE_IDENTITY_LIBRARY"
 
 INSIGHTFACE_TOOLTIP = ("An insightface FaceAnalysis (HonestFace insightface loader, or the InstantID / PuLID "
                        "loaders): SCRFD detector + ArcFace identity.")

@@ -1,8 +1,9 @@
-"""Restore Faces' controls: strength, the mask of the pasted faces and the face filters, end to end with the
-tiny random-weight model and the real YuNet on a real group photo."""
+"""Restore Faces' controls: strength, the mask of the pasted faces, the face filters and the identity library for
+group photos, end to end with the tiny random-weight model, the real YuNet and SFace and real photos."""
 
 from __future__ import annotations
 
+import cv2
 import pytest
 import torch
 
@@ -11,6 +12,9 @@ from honestface_core.face.detection import YuNetDetector, sort_faces
 from honestface_core.files.images import uint8_to_tensor
 from honestface_core.model.loading import load_restorer
 from honestface_core.pipeline import restore_images
+
+from conftest import read_rgb
+from test_identity_library import side_by_side
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +51,57 @@ def test_face_filters_pick_the_faces_restored(setup):
     assert len(big.faces) == 1 and big.faces.faces[0].box[0] == min(f.box[0] for f in result.faces.faces)
     with pytest.raises(HonestFaceError, match="gender/age model"):
         restore_images(model, image, detector, gender="male")  # YuNet estimates no gender
+
+
+@pytest.fixture(scope="module")
+def group_of_two(setup, photos_dir, sface_path):
+    """A composite group photo (Obama left, Biden right), an identity set per person made with the model's own
+    backbone (so the model can use them), and the real SFace to tell the two apart."""
+    from honestface_core.face.identity import SFaceEncoder
+    from honestface_core.face.identity_library import IdentityLibrary
+    from honestface_core.face.references import prepare_references
+    from honestface_core.pipeline import BackboneIdentityEncoder
+
+    model, detector, _ = setup
+    obama, biden = read_rgb(photos_dir / "obama.jpg"), read_rgb(photos_dir / "biden.jpg")
+    encoder = BackboneIdentityEncoder(model)
+    sets = {"obama": prepare_references([(n, read_rgb(photos_dir / n)) for n in ("obama2.jpg", "obama3.jpg")], detector, encoder),
+            "biden": prepare_references([("biden", cv2.resize(biden[:, ::-1], None, fx=0.7, fy=0.7))], detector, encoder)}
+    library = IdentityLibrary(["biden", "obama"], [sets["biden"], sets["obama"]])
+    return uint8_to_tensor(side_by_side(obama, biden)), library, sets, SFaceEncoder(sface_path)
+
+
+def test_group_photo_each_face_with_its_own_references_in_one_unet_call(setup, group_of_two):
+    from honestface_core.pipeline import restore_crops
+
+    model, detector, _ = setup
+    image, library, sets, sface = group_of_two
+    prompts = []
+    hook = model.generator.unet.register_forward_pre_hook(
+        lambda mod, args, kwargs: prompts.append(kwargs["encoder_hidden_states"].detach().clone()), with_kwargs=True)
+    try:
+        result = restore_images(model, image, detector, library, identity_encoder=sface)
+    finally:
+        hook.remove()
+    assert [m.identity for m in result.identities] == ["obama", "biden"], [m.describe() for m in result.identities]
+    assert len(prompts) == 1 and prompts[0].shape[0] == 2  # both faces in one UNet call
+    assert not torch.allclose(prompts[0][0], prompts[0][1])  # each face has its own prompt
+    for i, person in enumerate(["obama", "biden"]):  # each face as if restored alone with its own references
+        alone = restore_crops(model, result.faces.crops[i:i + 1], sets[person])
+        assert (alone[0] - result.restored[i]).abs().max() < 1e-4
+
+
+def test_group_photo_unmatched_faces_blind_or_untouched(setup, group_of_two):
+    from honestface_core.face.identity_library import IdentityLibrary
+
+    model, detector, _ = setup
+    image, _, sets, sface = group_of_two
+    only_obama = IdentityLibrary(["obama"], [sets["obama"]])
+    blind = restore_images(model, image, detector, only_obama, identity_encoder=sface)
+    assert [m.identity for m in blind.identities] == ["obama", None] and len(blind.faces) == 2
+    skip = restore_images(model, image, detector, only_obama, identity_encoder=sface, unmatched="skip")
+    assert len(skip.faces) == 1 and skip.faces.faces[0].box[0] < image.shape[2] / 2  # only Obama's face (left)
+    right = skip.images[..., image.shape[2] // 2 + 40:, :]
+    assert torch.equal(right, image[..., image.shape[2] // 2 + 40:, :]) and skip.mask[..., image.shape[2] // 2 + 40:].max() == 0
+    with pytest.raises(HonestFaceError, match="unmatched"):
+        restore_images(model, image, detector, only_obama, unmatched="drop")

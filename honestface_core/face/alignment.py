@@ -51,6 +51,12 @@ class AlignedFaces:
     def __len__(self) -> int:
         return int(self.crops.shape[0])
 
+    def select(self, indices: list[int]) -> "AlignedFaces":
+        """These faces only, in the given order."""
+        sel = torch.as_tensor(indices, dtype=torch.long, device=self.crops.device)
+        return AlignedFaces(self.crops[sel], self.matrices[sel], self.image_index[sel],
+                            [self.faces[i] for i in indices], self.size)
+
 
 def align_faces(images: torch.Tensor, faces: list[DetectedFace], size: int = 512,
                 padding_mode: str = "reflection") -> AlignedFaces:
