@@ -5,24 +5,21 @@ vs ground-truth batches with a JSON report and a landmark overlay. (Identity sim
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.utils
 import folder_paths
-import numpy as np
 import torch
 
-from honestface_core.face.alignment import align_faces
-from honestface_core.face.detection import detect_faces
 from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.files.facexlib_models import AWING_FILE
-from honestface_core.face.identity import embed_largest_faces
 from honestface_core.files.images import as_rgb_batch
 from honestface_core.face.landmarks import DLIB68_FILE, DLIB68_FOLDER, AWingLandmarks, DlibLandmarks, InsightFaceLandmarks, \
     draw_landmark_overlay
-from honestface_core.metrics.evaluate import REPORT_NAMES, CropScores, nanmean, score_crops
+from honestface_core.metrics.eval_crops import embed_references, eval_crops
+from honestface_core.metrics.reports import batch_report
+from honestface_core.metrics.scoring import score_crops
 from honestface_core.files.model_paths import MODEL_FILES, bundled_model_path
 
 from .declare import field, node
@@ -34,7 +31,8 @@ LANDMARKS = "HONESTFACE_LANDMARKS"
 NODE = "HonestFace Landmark Evaluation"
 INPUT_KINDS = ["aligned crops", "detect and align (ground truth's face)"]  # lists: ComfyUI checks list choices
 INSIGHTFACE_SCHEMES = ["ins106 (2d106det)", "ins68 (1k3d68)"]
-EVAL_SIZE = 512
+#: the report columns of the FLOAT outputs l2_ld, ald, ald_e, ald_m, deg, ref_deg
+OUTPUT_COLUMNS = ("L2-LD", "ALD (ours)", "ALD-e (ours)", "ALD-m (ours)", "Deg.", "Ref-Deg")
 
 
 def dlib_file() -> Path | None:
@@ -78,24 +76,11 @@ class LandmarkLoader:
         return (AWingLandmarks.from_models_dir(comfy_models(), mm.get_torch_device()),)
 
 
-def _prepare(images: torch.Tensor, name: str, kind: str, faces=None) -> tuple[torch.Tensor, list[int]]:
-    """Aligned 512 crops of a batch and the batch indices without a face. In detect mode ``faces`` (one per
-    image, None where no face) give the transforms."""
-    images = as_rgb_batch(images, name)
-    if kind == "aligned crops":
-        if images.shape[1] != images.shape[2]:
-            raise HonestFaceError(f"{NODE}: '{name}'", f"images are {images.shape[2]}x{images.shape[1]}, not square crops",
-                                  "Connect aligned crops (Detect Faces, a restorer), or choose 'detect and align'")
-        if images.shape[1] != EVAL_SIZE:  # landmarks are rescaled to 512 anyway; resize for one overlay size
-            images = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(EVAL_SIZE, EVAL_SIZE), mode="bicubic",
-                                                     antialias=True, align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
-        return images, []
-    missing = [i for i, f in enumerate(faces) if f is None]
-    crops = images.new_zeros((images.shape[0], EVAL_SIZE, EVAL_SIZE, 3))
-    have = [f for f in faces if f is not None]
-    if have:
-        crops[[f.image_index for f in have]] = align_faces(images, have, EVAL_SIZE).crops
-    return crops, missing
+def _check_square(images: torch.Tensor, name: str) -> None:
+    """'aligned crops' must be square (they are rescaled to 512 for the metrics and the overlay)."""
+    if images.shape[1] != images.shape[2]:
+        raise HonestFaceError(f"{NODE}: '{name}'", f"images are {images.shape[2]}x{images.shape[1]}, not square crops",
+                              "Connect aligned crops (Detect Faces, a restorer), or choose 'detect and align'")
 
 
 def _check_same_frame(restored: torch.Tensor, ground_truth: torch.Tensor) -> None:
@@ -109,14 +94,6 @@ def _check_same_frame(restored: torch.Tensor, ground_truth: torch.Tensor) -> Non
                               "face alignment would not fit the restored image",
                               "Pass restored images of the ground truth's size (or a uniform 2x / 4x of it), or "
                               "aligned crops of both with input_kind 'aligned crops'")
-
-
-def _mean(values: np.ndarray | None) -> float:
-    """Mean over the finite values; -1.0 when there is none (not computed)."""
-    if values is None:
-        return -1.0
-    m = nanmean(values.tolist())
-    return m if math.isfinite(m) else -1.0
 
 
 @node("HonestFaceLandmarkEvaluation", "HonestFace Landmark Evaluation", "HonestFace/evaluation", "evaluate",
@@ -172,64 +149,34 @@ class LandmarkEvaluation:
         lm = landmark_model or InsightFaceLandmarks(insightface, insightface_scheme.split()[0])
         has_id = insightface is not None or opencv is not None
         encoder = pick_encoder(NODE, insightface=insightface, opencv=opencv) if has_id else None
-        notes = []
         if input_kind == "aligned crops":
             detector = None
-            notes += [f"{name} crops {t.shape[2]}x{t.shape[1]} rescaled to {EVAL_SIZE}x{EVAL_SIZE}"
-                      for name, t in (("restored", restored), ("ground_truth", ground_truth)) if t.shape[1] != EVAL_SIZE]
+            _check_square(restored, "restored")
+            _check_square(ground_truth, "ground_truth")
         else:
             if not has_id:
                 raise HonestFaceError(f"{NODE}: input_kind", "'detect and align' needs a face detector",
                                       "Connect an OpenCV or insightface loader, or pass aligned crops")
             detector = pick_detector(NODE, insightface=insightface, opencv=opencv)
-            if restored.shape[1:3] != ground_truth.shape[1:3]:
-                _check_same_frame(restored, ground_truth)
-                notes.append(f"restored {restored.shape[2]}x{restored.shape[1]} resized to the ground truth's "
-                             f"{ground_truth.shape[2]}x{ground_truth.shape[1]}")
-                restored = torch.nn.functional.interpolate(restored.permute(0, 3, 1, 2), size=ground_truth.shape[1:3],
-                                                           mode="bicubic", antialias=True, align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)
+            _check_same_frame(restored, ground_truth)
         bar = comfy.utils.ProgressBar(4)
-        faces = None
-        if detector is not None:
-            found = {f.image_index: f for f in detect_faces(detector, ground_truth, "largest",
-                                                           interrupt=mm.throw_exception_if_processing_interrupted)}
-            faces = [found.get(i) for i in range(ground_truth.shape[0])]
-        gt_crops, no_face = _prepare(ground_truth, "ground_truth", input_kind, faces)
-        rs_crops, _ = _prepare(restored, "restored", input_kind, faces)
+        crops = eval_crops(restored, ground_truth, detector, "ground_truth", mm.throw_exception_if_processing_interrupted)
         bar.update_absolute(1)
-        refs = None
+        notes, refs = crops.notes, None
         if references is not None and encoder is not None:
+            references = as_rgb_batch(references, "references")
             if detector is None:
-                refs = encoder.embed(_prepare(references, "references", input_kind)[0])
-            else:
-                found = embed_largest_faces(as_rgb_batch(references, "references"), detector, encoder, EVAL_SIZE,
-                                            interrupt=mm.throw_exception_if_processing_interrupted)
-                notes += [f"reference {i}: no face found, skipped" for i in found.missing]
-                refs = found.embeddings if found.image_index else None
+                _check_square(references, "references")
+            refs, missing = embed_references(references, encoder, detector, mm.throw_exception_if_processing_interrupted)
+            notes += [f"reference {i}: no face found, skipped" for i in missing]
         mm.throw_exception_if_processing_interrupted()
-        scores: CropScores = score_crops(rs_crops, gt_crops, lm, encoder, refs)
+        scores = score_crops(crops.restored, crops.gt, lm, encoder, refs)
         bar.update_absolute(3)
-        for col in scores.values:
-            scores.values[col][no_face] = np.nan
-        no_lmk = [i for i in np.flatnonzero(~scores.landmarks_found).tolist() if i not in no_face]
-        report = {
-            "scheme": scores.scheme, "landmark_model": getattr(lm, "name", type(lm).__name__),
-            "identity_encoder": getattr(encoder, "name", "none") if encoder is not None else "none",
-            "input_kind": input_kind, "units": "pixels of a 512x512 aligned crop",
-            "images": int(restored.shape[0]), "no_face_images": no_face, "no_landmarks_images": no_lmk,
-            "mean": {REPORT_NAMES.get(col, col): _json_float(nanmean(v.tolist())) for col, v in scores.values.items()},
-            "per_image": {REPORT_NAMES.get(col, col): [_json_float(x) for x in v.tolist()] for col, v in scores.values.items()},
-            "notes": notes,
-        }
+        report = batch_report(scores, crops.no_face, getattr(lm, "name", type(lm).__name__),
+                              getattr(encoder, "name", "none") if encoder is not None else "none", input_kind, notes)
         text = json.dumps(report, indent=1)
-        overlay = draw_landmark_overlay(rs_crops, scores.gt_landmarks, scores.pred_landmarks)
+        overlay = draw_landmark_overlay(crops.restored, scores.gt_landmarks, scores.pred_landmarks)
         bar.update_absolute(4)
-        v = scores.values
-        result = (_mean(v["L2-LD"]), _mean(v["ALD"]), _mean(v["ALD-e"]), _mean(v["ALD-m"]), _mean(v.get("Deg.")),
-                  _mean(v.get("Ref-Deg")), text, overlay)
+        means = [report["mean"].get(col) for col in OUTPUT_COLUMNS]
+        result = (*(-1.0 if m is None else m for m in means), text, overlay)  # -1: not computed
         return {"ui": ui_text(text, landmark_summary(report)), "result": result}
-
-
-def _json_float(x: float) -> float | None:
-    return round(x, 6) if math.isfinite(x) else None
-

@@ -17,7 +17,7 @@ from honestface_core.errors import HonestFaceError
 from honestface_core.files.model_paths import BUNDLED_FALLBACKS, MODEL_FILES, bundled_model_path, default_models_dir
 
 #: modules that add their own subcommand (``add_parser(subparsers)``), e.g. restore, evaluate, bench.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("honestface_core.metrics.evaluate", "honestface_core.cli.restore", "honestface_core.cli.bench",
+SUBCOMMAND_MODULES: tuple[str, ...] = ("honestface_core.cli.evaluate", "honestface_core.cli.restore", "honestface_core.cli.bench",
                                          "honestface_core.cli.bench_pasteback")
 
 

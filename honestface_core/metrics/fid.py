@@ -3,10 +3,9 @@
 
 Input path (pytorch-fid's): RGB in [0, 1] (``uint8 / 255`` for image files) resized to 299x299 bilinearly
 (``align_corners=False``, no antialiasing), mapped to [-1, 1]; the 2048-d features are the final average pool.
-The network differs from torchvision's Inception-v3 only in its pooling: the average pools of the Mixed_5*, 6* and
-7b blocks average over the pixels inside the image (TensorFlow's ``SAME`` pooling) and Mixed_7c's pool branch is a
-max pool. The file is never downloaded: it is looked for in ``<models>/fid/`` (our choice of folder) and in torch's
-checkpoint cache, where pytorch-fid keeps its own download.
+The network is in :mod:`.fid_inception` (imported only when the file is found). The file is never downloaded: it is
+looked for in ``<models>/fid/`` (our choice of folder) and in torch's checkpoint cache, where pytorch-fid keeps its
+own download.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.models.inception import InceptionA, InceptionC, InceptionE, inception_v3
 
 from honestface_core.errors import HonestFaceError
 from honestface_core.files.weight_files import load_weights, read_state_dict
@@ -28,53 +26,6 @@ FID_SIZE = 299
 _LAYERS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2",
            "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
            "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool")
-
-
-def _valid_avg_pool(x: torch.Tensor) -> torch.Tensor:
-    """3x3 stride-1 average over the pixels inside the image (TensorFlow's SAME average pool)."""
-    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-
-
-class _BlockA(InceptionA):
-    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        b5 = self.branch5x5_2(self.branch5x5_1(x))
-        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return [self.branch1x1(x), b5, b3, self.branch_pool(_valid_avg_pool(x))]
-
-
-class _BlockC(InceptionC):
-    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        d7 = x
-        for k in range(1, 6):
-            d7 = getattr(self, f"branch7x7dbl_{k}")(d7)
-        return [self.branch1x1(x), b7, d7, self.branch_pool(_valid_avg_pool(x))]
-
-
-class _BlockE(InceptionE):
-    def __init__(self, in_channels: int, max_pool: bool):
-        super().__init__(in_channels)
-        self.max_pool = max_pool
-
-    def _forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        b3 = self.branch3x3_1(x)
-        d3 = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1) if self.max_pool else _valid_avg_pool(x)
-        return [self.branch1x1(x), torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1),
-                torch.cat([self.branch3x3dbl_3a(d3), self.branch3x3dbl_3b(d3)], 1), self.branch_pool(pooled)]
-
-
-def fid_inception_v3() -> torch.nn.Module:
-    """The FID Inception-v3 with uninitialised weights; its ``state_dict`` keys are those of pytorch-fid's file
-    (torchvision's names, a 1008-class ``fc``, no auxiliary classifier)."""
-    net = inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
-    for name, cin, pool in (("Mixed_5b", 192, 32), ("Mixed_5c", 256, 64), ("Mixed_5d", 288, 64)):
-        setattr(net, name, _BlockA(cin, pool_features=pool))
-    for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
-        setattr(net, name, _BlockC(768, channels_7x7=c7))
-    net.Mixed_7b = _BlockE(1280, max_pool=False)
-    net.Mixed_7c = _BlockE(2048, max_pool=True)
-    return net
 
 
 def fid_weight_candidates(models_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -96,6 +47,8 @@ class FIDInceptionFeatures:
         if found is None:
             raise MetricUnavailable(f"FID skipped: weight file {FID_FILE} (pytorch-fid's Inception) missing, put it in "
                                     + " or ".join(f"'{p.parent}'" for p in candidates))
+        from honestface_core.metrics.fid_inception import fid_inception_v3  # torchvision: only when FID runs
+
         net = fid_inception_v3()
         what = f"pytorch-fid's Inception ({FID_FILE})"
         load_weights(net, read_state_dict(found, what), found, what)

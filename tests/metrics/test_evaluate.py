@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ from honestface_core.face.detection import YuNetDetector, detect_faces
 from honestface_core.files.images import load_image, tensor_to_uint8, uint8_to_tensor
 from honestface_core.face.landmarks import DlibLandmarks
 from honestface_core.metrics import landmark_distances
-from honestface_core.metrics.evaluate import COLUMNS, evaluate_folders, report_to_csv, report_to_markdown
+from honestface_core.metrics.evaluate import evaluate_folders
+from honestface_core.metrics.reports import report_to_csv, report_to_markdown, write_report
+from honestface_core.metrics.scoring import COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,9 +160,16 @@ def test_report_rows_counts_and_columns(report):
     assert report["mean"]["PSNR"] == pytest.approx(np.mean([r["PSNR"] for r in report["rows"] if "PSNR" in r]))
 
 
-def test_report_formats(report, tmp_path):
-    from honestface_core.metrics.evaluate import write_report
+def test_report_throughput(report):
+    """Every pair counts (the one without a face too); pairs per second is over the pair loop, model loading apart."""
+    t = report["throughput"]
+    assert t["pairs"] == 3 and t["seconds"] > 0 and t["load_seconds"] > 0
+    assert t["pairs_per_second"] == pytest.approx(3 / t["seconds"], rel=2e-3)  # both rounded to 3 decimals
+    line = f"{t['pairs_per_second']:.2f} pairs per second"
+    assert line in report_to_markdown(report) and line in list(csv.reader(io.StringIO(report_to_csv(report))))[-1][-1]
 
+
+def test_report_formats(report, tmp_path):
     data = json.loads(write_report(report, tmp_path / "r.json").read_text())
     assert data["no_face_found"] == report["no_face_found"] and data["rows"][2]["status"].startswith("no face")
     rows = list(csv.reader(io.StringIO(report_to_csv(report))))
@@ -202,8 +212,43 @@ def test_cli_end_to_end_aligned_with_refs(tmp_path, crops):
                 "--aligned", "--models", str(tmp_path / "models"), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
-    assert "Ref-Deg" in text and "resized to 512x512" in text and "| p1 | ok |" in text
+    assert "Ref-Deg" in text and "rescaled to 512x512" in text and "| p1 | ok |" in text
     assert "evaluate" in proc.stderr  # tqdm progress bar
+    assert re.fullmatch(r"2 pairs in [0-9.]+ s: [0-9.]+ pairs per second \(models loaded in [0-9.]+ s\)",
+                        proc.stdout.strip().splitlines()[-1]), proc.stdout[-300:]
+
+
+#: libraries of metrics, detectors and encoders that a run must import only when it uses them
+METRIC_LIBRARIES = ("lpips", "torchvision", "pytorch_fid", "pyiqa", "DISTS_pytorch", "insightface", "facexlib", "scipy",
+                    "accelerate", "onnx", "onnxruntime", "dlib")
+
+
+def test_cli_imports_only_the_libraries_of_the_metrics_it_runs(tmp_path, crops, dists_files):
+    """A run with DISTS's files present (LPIPS's and FID's missing), dlib landmarks, SFace, no quality metrics:
+    dlib and onnxruntime are imported (used), DISTS runs on our own VGG; lpips, torchvision (FID's Inception),
+    insightface, facexlib and the rest are never imported."""
+    for sub in ("gt", "res"):
+        (tmp_path / sub).mkdir()
+    cv2.imwrite(str(tmp_path / "gt" / "p.png"), crops["obama"][..., ::-1])
+    cv2.imwrite(str(tmp_path / "res" / "p.png"), crops["obama_q30"][..., ::-1])
+    models = tmp_path / "models"
+    models.mkdir()
+    for sub in dists_files[0].iterdir():
+        (models / sub.name).symlink_to(sub)
+    out = tmp_path / "r.json"
+    code = ("import json, sys\nfrom honestface_core.cli.main import main\n"
+            f"code = main(['evaluate', '--restored', {str(tmp_path / 'res')!r}, '--gt', {str(tmp_path / 'gt')!r}, "
+            f"'--aligned', '--landmarks', 'dlib68', '--identity', 'sface', '--quality', 'none', '--models', {str(models)!r}, "
+            f"'--out', {str(out)!r}])\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\nsys.exit(code)")
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}  # no torchvision / pytorch-fid cache
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = set(json.loads(proc.stdout.strip().splitlines()[-1])) & set(METRIC_LIBRARIES)
+    assert imported == {"dlib", "onnx", "onnxruntime"}  # dlib 68 landmarks; SFace (onnx reads its file)
+    report = json.loads(out.read_text())
+    assert "DISTS" in report["columns"] and "Deg." in report["columns"]
+    assert {s.split()[0] for s in report["skipped"] if " skipped: weight file " in s} >= {"LPIPS", "FID"}
 
 
 @pytest.mark.slow
@@ -230,9 +275,9 @@ def test_quality_option(tmp_path, folders, capsys, monkeypatch):
     from honestface_core.cli.main import main
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no pyiqa cache
-    from honestface_core.metrics.evaluate import _quality_choices
+    from honestface_core.cli.evaluate import quality_choices
 
-    assert _quality_choices("none") == [] and _quality_choices(" MUSIQ , C-IQA (clipiqa+)") == ["MUSIQ", "C-IQA (clipiqa+)"]
+    assert quality_choices("none") == [] and quality_choices(" MUSIQ , C-IQA (clipiqa+)") == ["MUSIQ", "C-IQA (clipiqa+)"]
     for bad, match in (("MUSIQ,MUSIQ (ava)", "MUSIQ more than once"), ("BRISQUE", "'BRISQUE' is unknown")):
         assert main(["evaluate", "--restored", str(folders / "restored"), "--gt", str(folders / "gt"),
                      "--quality", bad]) == 2
@@ -298,3 +343,22 @@ def test_landmarks_auto_is_prior_works_awing_when_present(tmp_path):
     scheme, note = resolve_landmarks("auto", tmp_path)
     assert scheme == "wflw98" and "AWing" in note and "LMD" in note
     assert resolve_landmarks("dlib68", tmp_path) == ("dlib68", "dlib68")
+
+
+def test_batch_report_counts_every_image_and_renames_our_ald():
+    """The node's report from the core builder: an image without a face has None everywhere (even where a value was
+    computed on its blank crop), one without landmarks keeps its PSNR; means use the finite values; our ALD is
+    reported as "(ours)"; the scores are not changed."""
+    from honestface_core.metrics.reports import batch_report
+    from honestface_core.metrics.scoring import CropScores
+
+    pts = np.zeros((3, 68, 2))
+    pts[2] = np.nan  # image 2: no landmarks
+    values = {"PSNR": np.array([30.0, 99.0, 20.1234567]), "ALD": np.array([1.0, 5.0, np.nan])}
+    scores = CropScores(values, pts.copy(), pts.copy(), "dlib68")
+    r = batch_report(scores, [1], "dlib68", "sface", "aligned crops", ["a note"])
+    assert r["no_face_images"] == [1] and r["no_landmarks_images"] == [2] and r["images"] == 3
+    assert r["per_image"] == {"PSNR": [30.0, None, 20.123457], "ALD (ours)": [1.0, None, None]}
+    assert r["mean"] == {"PSNR": round((30.0 + 20.1234567) / 2, 6), "ALD (ours)": 1.0}
+    assert (r["scheme"], r["landmark_model"], r["identity_encoder"], r["notes"]) == ("dlib68", "dlib68", "sface", ["a note"])
+    assert values["PSNR"][1] == 99.0 and json.loads(json.dumps(r)) == r

@@ -76,6 +76,10 @@ def test_detect_and_align_photos(comfy, opencv, dlib, photos):
     assert per["Deg."][1] > per["Deg."][0] + 20 and per["Ref-Deg"][0] < per["Ref-Deg"][1]
     assert overlay.shape == (3, 512, 512, 3) and 0 <= overlay.min() and overlay.max() <= 1
     assert all(isinstance(v, float) for v in (l2, ald, ald_e, ald_m, deg, ref_deg)) and ref_deg >= 0
+    # the FLOAT outputs are the report's means (the core's report builder), over the images with a face
+    assert [l2, ald, ald_e, ald_m, deg, ref_deg] == [report["mean"][c] for c in ("L2-LD", "ALD (ours)", "ALD-e (ours)",
+                                                                                 "ALD-m (ours)", "Deg.", "Ref-Deg")]
+    assert deg == pytest.approx(np.mean(per["Deg."][:2]), abs=1e-6)
     # the overlay draws points where landmarks were found (green/red pixels appear), none on the no-face image
     assert (overlay[0] - restored.new_zeros(1)).abs().sum() > 0
     green = (overlay[..., 1] > 0.95) & (overlay[..., 0] < 0.05) & (overlay[..., 2] < 0.05)
