@@ -27,12 +27,14 @@ PEOPLE = 4
       outputs=[(LIBRARY, "identity_library", "The people, each with their references."),
                ("STRING", "info", "The people in the library and their references.")])
 class IdentityLibraryNode:
-    def build(self, library: IdentityLibrary | None = None, **people):
+    def build(self, library: IdentityLibrary | None = None, references_1=None, name_1: str = "person 1",
+              references_2=None, name_2: str = "person 2", references_3=None, name_3: str = "person 3",
+              references_4=None, name_4: str = "person 4"):
         names, sets = (list(library.names), list(library.sets)) if library is not None else ([], [])
-        for i in range(1, PEOPLE + 1):
-            refs = people.get(f"references_{i}")
+        people = ((references_1, name_1), (references_2, name_2), (references_3, name_3), (references_4, name_4))
+        for i, (refs, name) in enumerate(people, start=1):
             if refs is not None:
-                names.append(str(people.get(f"name_{i}", f"person {i}")).strip() or f"person {i}")
+                names.append(str(name).strip() or f"person {i}")
                 sets.append(refs)
         if not sets:
             raise HonestFaceError("HonestFace Identity Library", "has no references connected",
