@@ -18,7 +18,7 @@ from honestface_core.files.model_paths import BUNDLED_FALLBACKS, MODEL_FILES, bu
 
 #: modules that add their own subcommand (``add_parser(subparsers)``), e.g. restore, evaluate, bench.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("honestface_core.cli.evaluate", "honestface_core.cli.restore", "honestface_core.cli.bench",
-                                         "honestface_core.cli.bench_pasteback")
+                                         "honestface_core.cli.bench_pasteback", "honestface_core.cli.bench_honesty")
 
 
 def check_models(models_dir: Path) -> list[str]:

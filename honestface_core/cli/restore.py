@@ -3,6 +3,7 @@
 Writes one new PNG per input into ``--out``; never overwrites an input or an existing file and never writes
 through a symlink (a free name is chosen: ``<stem>_honestface.png``, ``<stem>_honestface_1.png``, ...). Options,
 input images (from their headers), references and the output folder are checked before any model loads.
+``--report`` adds the per-face honesty report (:mod:`honestface_core.cli.honesty_output`, docs/honesty.md).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import io
 from pathlib import Path
 
+from honestface_core.cli.honesty_output import add_report_arguments, report_encoder, report_landmarks, write_report
 from honestface_core.errors import HonestFaceError
 from honestface_core.files.model_paths import DETECTOR_KINDS, default_models_dir
 
@@ -41,6 +43,7 @@ def add_parser(subparsers) -> None:
                    help="colour correction of restored faces toward the input")
     p.add_argument("--top-k", type=int, default=0, help="keep only the K references most similar to the first face (0 = all)")
     p.add_argument("--chunk-size", type=int, default=None, help="faces per UNet batch (default: all; halves on OOM)")
+    add_report_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -116,12 +119,19 @@ def run(args: argparse.Namespace) -> int:
     from honestface_core.face.identity import embed_largest_faces
     from honestface_core.files.images import load_image, tensor_to_uint8, uint8_to_tensor
     from honestface_core.files.outputs import write_unique_file
+    from honestface_core.metrics.honesty import report_restore_result
     from honestface_core.model.loading import load_restorer
     from honestface_core.pipeline import BackboneIdentityEncoder, restore_images
 
     inputs, out_dir, device = check_arguments(args)
     models_dir = Path(args.models)
+    encoder = landmarks = None
+    if args.report:  # the report's own models first: a missing file fails before the restorer loads
+        landmarks = report_landmarks(args.report_landmarks, models_dir, device)
+        encoder = report_encoder("sface", models_dir) if args.report_identity == "sface" else None
     model = load_restorer(models_dir, device, args.dtype, bundle=args.model, base=args.base)
+    if args.report and encoder is None:
+        encoder = report_encoder(args.report_identity, models_dir, model)
     detector = build_detector(models_dir, args.detector, device)
     refs = None
     if args.refs:
@@ -141,6 +151,13 @@ def run(args: argparse.Namespace) -> int:
         dest = write_unique_file(out_dir, f"{src.stem}{SUFFIX}", ".png", encode_png(tensor_to_uint8(result.images)[0]))
         note = "; ".join(result.messages)
         print(f"{src} -> {dest} ({len(result.faces)} face(s) restored{', ' + note if note else ''})")
+        if args.report:
+            with torch.inference_mode():
+                report = report_restore_result(result, encoder, refs, landmarks)
+            path, _ = write_report(out_dir, dest.stem, src, dest, report, result.restored)
+            for line in report.lines:
+                print(f"  {line}")
+            print(f"  honesty report -> {path}")
     return 0
 
 

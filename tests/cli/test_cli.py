@@ -235,3 +235,49 @@ def test_restore_with_top_k_references(test_models_dir, tmp_path, photo, photos_
     refs = [line for line in printed.out.splitlines() if line.startswith("reference ")]
     assert len(refs) == 4 and sum("rank " in line for line in refs) == 2 and sum("not in top 2" in line for line in refs) == 2, refs
     assert [p.name for p in out.iterdir()] == ["astronaut_honestface.png"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# restore --report: the honesty report (docs/honesty.md)
+# ---------------------------------------------------------------------------------------------------------
+
+def test_restore_report_writes_json_and_maps_and_never_overwrites(test_models_dir, tmp_path, photo, photos_dir, capsys):
+    """Random-weight test models restore noise, so only the wiring is checked here (the numbers are tested with
+    real faces in tests/metrics/test_honesty.py): one line per face, the JSON and a map PNG next to the output."""
+    import json
+
+    from PIL import Image
+
+    out = tmp_path / "out"
+    common = [str(photo), "--out", str(out), "--models", str(test_models_dir), "--detector", "yunet", "--device", "cpu",
+              "--dtype", "fp32", "--report"]
+    code = main(["restore", *common, "--refs", str(photos_dir), "--report-identity", "sface"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    report = json.loads((out / "astronaut_honestface_report.json").read_text())
+    assert report["output"] == str(out / "astronaut_honestface.png") and report["identity_encoder"] == "sface"
+    assert report["landmark_model"] == "dlib68"  # the default when dlib and its file are installed
+    (face,) = report["faces"]
+    assert f"  {face['summary']}\n" in printed.out and face["summary"].startswith("face 0: Ref-Deg ")
+    assert f"honesty report -> {out / 'astronaut_honestface_report.json'}" in printed.out
+    assert 0 < face["input_consistency"] <= 1 and face["ref_deg"] is not None and face["input_resolution"] > 0
+    with Image.open(out / face["honesty_map"]) as img:
+        assert img.size == (512, 512) and img.mode == "RGB"
+    before = _snapshot(out)
+    code = main(["restore", *common, "--blind", "--report-landmarks", "none"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    after = _snapshot(out)
+    assert {k: after[k] for k in before} == before  # nothing overwritten: the second run took new names
+    assert sorted(set(after) - set(before)) == ["astronaut_honestface_1.png", "astronaut_honestface_1_face0_honesty.png",
+                                                "astronaut_honestface_1_report.json"]
+    second = json.loads((out / "astronaut_honestface_1_report.json").read_text())
+    assert second["identity_encoder"].startswith("arcface:")  # auto: the model's own ArcFace backbone
+    line = second["faces"][0]["summary"]
+    assert "Ref-Deg: n/a (no references)" in line and "landmark drift: n/a (no landmark model)" in line, line
+
+
+def test_report_landmark_model_is_checked_before_the_restorer_loads(tmp_path, photo, capsys):
+    code = main(["restore", str(photo), "--blind", "--out", str(tmp_path / "out"), "--models", str(tmp_path / "no_models"),
+                 "--report", "--report-landmarks", "wflw98"])
+    _fails_cleanly(code, capsys.readouterr().err, "alignment_WFLW_4HG.pth")
