@@ -60,9 +60,11 @@ def report_encoder(kind: str, models_dir: Path, model=None):
     return BackboneIdentityEncoder(model)
 
 
-def write_report(out_dir: Path, stem: str, source: Path, output: Path, report, restored) -> tuple[Path, list[Path]]:
+def write_report(out_dir: Path, stem: str, source: Path, output: Path, report, restored,
+                 identities: list | None = None) -> tuple[Path, list[Path]]:
     """Write the honesty map PNGs (``<stem>_face<i>_honesty.png``) and the JSON report (``<stem>_report.json``),
-    ``stem`` being the restored image's, under free names (never overwriting); returns their paths."""
+    ``stem`` being the restored image's, under free names (never overwriting); returns their paths. With an identity
+    library, ``identities`` (every detected face's :class:`IdentityMatch`) go into the report too."""
     from honestface_core.cli.restore import encode_png
     from honestface_core.files.images import tensor_to_uint8
     from honestface_core.files.outputs import write_unique_file
@@ -74,6 +76,9 @@ def write_report(out_dir: Path, stem: str, source: Path, output: Path, report, r
         maps = [write_unique_file(out_dir, f"{stem}_face{i}_honesty", ".png", encode_png(pic))
                 for i, pic in enumerate(pictures)]
     data = {"input": str(source), "output": str(output), **report.to_dict()}
+    if identities:
+        data["identities"] = [{"face": m.face, "identity": m.identity, "similarity": round(m.similarity, 4)}
+                              for m in identities]
     for face, path in zip(data["faces"], maps):
         face["honesty_map"] = path.name
     path = write_unique_file(out_dir, f"{stem}_report", ".json", json.dumps(data, indent=2).encode("utf-8"))

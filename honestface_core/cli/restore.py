@@ -12,8 +12,11 @@ import argparse
 import io
 from pathlib import Path
 
-from honestface_core.cli.honesty_output import add_report_arguments, report_encoder, report_landmarks, write_report
+from honestface_core.cli.honesty_output import (IDENTITY_CHOICES, add_report_arguments, report_encoder, report_landmarks,
+                                                write_report)
 from honestface_core.errors import HonestFaceError
+from honestface_core.face.detection import GENDERS
+from honestface_core.face.identity_library import DEFAULT_THRESHOLD, UNMATCHED
 from honestface_core.files.model_paths import DETECTOR_KINDS, default_models_dir
 
 SUFFIX = "_honestface"
@@ -43,6 +46,22 @@ def add_parser(subparsers) -> None:
                    help="colour correction of restored faces toward the input")
     p.add_argument("--top-k", type=int, default=0, help="keep only the K references most similar to the first face (0 = all)")
     p.add_argument("--chunk-size", type=int, default=None, help="faces per UNet batch (default: all; halves on OOM)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="0..1: how much of each restored face replaces the original (0 = input unchanged)")
+    p.add_argument("--min-face-size", type=int, default=0,
+                   help="skip faces whose detection box's shorter side is below this many pixels (0 = none)")
+    p.add_argument("--gender", default="any", choices=GENDERS,
+                   help="restore only faces of this gender (needs an insightface pack with genderage.onnx)")
+    p.add_argument("--person", nargs="+", metavar="NAME=PATH", default=None,
+                   help="group photos: one person per entry, PATH an identity set .safetensors or a folder of photos; "
+                   "each face is matched to the closest person and restored with their references")
+    p.add_argument("--unmatched", default="blind", choices=UNMATCHED,
+                   help="with --person: restore faces that match nobody blind, or skip them (left untouched)")
+    p.add_argument("--identity-threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"with --person: lowest identity similarity that counts as a match (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--match-identity", default="auto", choices=IDENTITY_CHOICES,
+                   help="with --person: the encoder that matches faces to people (auto: the model's ArcFace backbone, "
+                   "else SFace)")
     add_report_arguments(p)
     p.set_defaults(func=run)
 
@@ -66,6 +85,14 @@ def load_references(paths: list[str], detector, encoder, target_embedding=None, 
     return prepare_references(images, detector, encoder, target_embedding, top_k)
 
 
+def parse_person(entry: str) -> tuple[str, Path]:
+    """``NAME=PATH`` of ``--person``."""
+    name, sep, path = entry.partition("=")
+    if not sep or not name.strip() or not path:
+        raise HonestFaceError(f"--person '{entry}'", "is not NAME=PATH", "Write e.g. --person anna=refs/anna.safetensors")
+    return name.strip(), Path(path)
+
+
 def check_arguments(args: argparse.Namespace):
     """Every cheap check of the command line, before any model loads: options, input image headers (exist,
     readable, within the size limits), reference paths, and the output folder (a writable folder, created here).
@@ -78,10 +105,21 @@ def check_arguments(args: argparse.Namespace):
     from honestface_core.files.outputs import prepare_output_dir
     from honestface_core.devices import resolve_device
 
-    if args.blind and args.refs:
-        raise HonestFaceError("--blind and --refs", "were both given", "Use --refs for reference-based restoration or --blind")
-    if not args.blind and not args.refs:
+    if sum(map(bool, (args.blind, args.refs, args.person))) > 1:
+        raise HonestFaceError("--blind, --refs and --person", "were given together",
+                              "Use --refs for one person, --person NAME=PATH ... for a group photo, or --blind")
+    if not (args.blind or args.refs or args.person):
         raise HonestFaceError("--refs", "is missing", "Give a folder or photos of the person with --refs, or pass --blind")
+    if not 0.0 <= args.strength <= 1.0:
+        raise HonestFaceError("--strength", f"{args.strength} is outside 0..1", "Use 0 (input unchanged) to 1")
+    if args.min_face_size < 0:
+        raise HonestFaceError("--min-face-size", f"{args.min_face_size} is negative", "Use 0 (no filter) or pixels")
+    if not -1.0 <= args.identity_threshold <= 1.0:
+        raise HonestFaceError("--identity-threshold", f"{args.identity_threshold} is outside -1..1",
+                              f"Use e.g. {DEFAULT_THRESHOLD}")
+    people = dict(parse_person(entry) for entry in args.person or [])
+    if args.person and len(people) != len(args.person):
+        raise HonestFaceError("--person", "names a person twice", "Give each person once")
     try:
         parse_selection(args.faces)
     except HonestFaceError as err:
@@ -94,7 +132,7 @@ def check_arguments(args: argparse.Namespace):
     inputs = [Path(p) for p in args.images]
     for p in inputs:
         read_image_size(p)
-    for p in map(Path, args.refs or []):
+    for p in [*map(Path, args.refs or []), *people.values()]:
         if not p.exists():
             raise HonestFaceError(f"--refs '{p}'", "does not exist",
                                   "Give a folder of photos, photo files or an identity set .safetensors")
@@ -143,18 +181,32 @@ def run(args: argparse.Namespace) -> int:
         refs = load_references(args.refs, detector, BackboneIdentityEncoder(model), target, args.top_k)
         for line in refs.status:
             print(f"reference {line}")
+    matcher = None
+    if args.person:
+        from honestface_core.face.identity_library import IdentityLibrary
+
+        people = dict(map(parse_person, args.person))
+        sets = [load_references([str(path)], detector, BackboneIdentityEncoder(model)) for path in people.values()]
+        refs = IdentityLibrary(list(people), sets)
+        matcher = report_encoder(args.match_identity, models_dir, model)
+        for name, person in zip(refs.names, refs.sets):
+            print(f"person {name}: {len(person)} reference(s)")
     for src in inputs:
         image = uint8_to_tensor(load_image(src))
         with torch.inference_mode():
             result = restore_images(model, image, detector, refs, args.faces, color_correction=args.color,
-                                    chunk_size=args.chunk_size, image_names=[f"image '{src}'"])
+                                    chunk_size=args.chunk_size, image_names=[f"image '{src}'"], strength=args.strength,
+                                    min_face_size=args.min_face_size, gender=args.gender, unmatched=args.unmatched,
+                                    identity_encoder=matcher, identity_threshold=args.identity_threshold)
         dest = write_unique_file(out_dir, f"{src.stem}{SUFFIX}", ".png", encode_png(tensor_to_uint8(result.images)[0]))
         note = "; ".join(result.messages)
         print(f"{src} -> {dest} ({len(result.faces)} face(s) restored{', ' + note if note else ''})")
+        for match in result.identities:
+            print(f"  {match.describe()}")
         if args.report:
             with torch.inference_mode():
-                report = report_restore_result(result, encoder, refs, landmarks)
-            path, _ = write_report(out_dir, dest.stem, src, dest, report, result.restored)
+                report = report_restore_result(result, encoder, landmarks)
+            path, _ = write_report(out_dir, dest.stem, src, dest, report, result.restored, result.identities)
             for line in report.lines:
                 print(f"  {line}")
             print(f"  honesty report -> {path}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -103,13 +103,16 @@ class HonestyReport:
                 "faces": [f.to_dict() for f in self.faces]}
 
 
-def _reference_mean_angles(restored_emb: torch.Tensor, references: ReferenceSet | None, encoder: IdentityEncoder,
-                           n: int) -> tuple[torch.Tensor, str]:
-    """Ref-Deg per face (NaN without references) and the note for missing ones."""
-    if references is None or len(references) == 0:
-        return torch.full((n,), math.nan), NO_REFERENCES
-    emb = references.embeddings if references.encoder_name == encoder.name else encoder.embed(references.crops)
-    return ref_deg(restored_emb, emb.to(restored_emb.device)).cpu(), ""
+def _reference_mean_angles(restored_emb: torch.Tensor, references: ReferenceSet | Sequence[ReferenceSet | None] | None, encoder: IdentityEncoder,
+                           n: int) -> tuple[torch.Tensor, list[str]]:
+    """Ref-Deg per face against its own references (NaN without) and each face's note for a missing one."""
+    per_face = list(references) if isinstance(references, (list, tuple)) else [references] * n
+    angles = torch.full((n,), math.nan)
+    for refs in {id(r): r for r in per_face if r is not None and len(r)}.values():  # each set embedded once
+        idx = torch.tensor([i for i, r in enumerate(per_face) if r is refs])
+        emb = refs.embeddings if refs.encoder_name == encoder.name else encoder.embed(refs.crops)
+        angles[idx] = ref_deg(restored_emb[idx.to(restored_emb.device)], emb.to(restored_emb.device)).cpu()
+    return angles, ["" if r is not None and len(r) else NO_REFERENCES for r in per_face]
 
 
 def _landmark_drift(landmarks: LandmarkDetector | None, inputs: torch.Tensor, degraded: torch.Tensor
@@ -134,7 +137,7 @@ def _optional(x: float) -> float | None:
 
 
 def honesty_report(inputs: torch.Tensor, restored: torch.Tensor, encoder: IdentityEncoder, resolution: torch.Tensor,
-                   masks: torch.Tensor | None = None, references: ReferenceSet | None = None,
+                   masks: torch.Tensor | None = None, references: ReferenceSet | Sequence[ReferenceSet | None] | None = None,
                    landmarks: LandmarkDetector | None = None) -> HonestyReport:
     """The honesty report of restored faces against their inputs (see the module docstring).
 
@@ -144,14 +147,15 @@ def honesty_report(inputs: torch.Tensor, restored: torch.Tensor, encoder: Identi
         encoder: any :class:`~honestface_core.face.identity.IdentityEncoder` (ArcFace, SFace, the model's backbone).
         resolution: ``(N,)`` effective input resolution (:func:`~.input_consistency.input_resolution`).
         masks: ``(N, S, S)`` face masks, else the template face mask.
-        references: the person's references (Ref-Deg), re-embedded when made by another encoder.
+        references: the person's references (Ref-Deg), or one set (or None) per face (group photos); a set made by
+            another encoder is re-embedded from its crops.
         landmarks: a landmark detector (landmark drift), e.g. ``DlibLandmarks``.
     """
     check = input_consistency(inputs, restored, resolution, masks)
     n = inputs.shape[0]
     emb = encoder.embed(torch.cat([inputs, restored.to(inputs.device), check.degraded.to(inputs.device)]))
     e_in, e_out, e_deg = emb[:n], emb[n:2 * n], emb[2 * n:]
-    refs, ref_note = _reference_mean_angles(e_out, references, encoder, n)
+    refs, ref_notes = _reference_mean_angles(e_out, references, encoder, n)
     ald, l2, notes, scheme = _landmark_drift(landmarks, inputs, check.degraded)
     dev = check.score.device
     res = torch.as_tensor(resolution, dtype=torch.float32).reshape(-1).to(dev).clamp(max=inputs.shape[1])
@@ -161,18 +165,18 @@ def honesty_report(inputs: torch.Tensor, restored: torch.Tensor, encoder: Identi
                "input_deg_sharp": angle_degrees(e_out, e_in).diagonal().to(dev)}
     values = torch.stack(list(columns.values())).cpu().double().numpy()  # the one read back to the host
     faces = [FaceHonesty(face=i, **{k: float(v[i]) for k, v in zip(columns, values)}, ref_deg=_optional(float(refs[i])),
-                         ald=_optional(float(ald[i])), l2_ld=_optional(float(l2[i])), ref_note=ref_note,
+                         ald=_optional(float(ald[i])), l2_ld=_optional(float(l2[i])), ref_note=ref_notes[i],
                          landmark_note=notes[i], honesty_map=check.maps[i]) for i in range(n)]
     return HonestyReport(faces, encoder.name, scheme, check.maps, check.degraded)
 
 
-def report_restore_result(result: "RestoreResult", encoder: IdentityEncoder, references: ReferenceSet | None = None,
-                          landmarks: LandmarkDetector | None = None, masks: torch.Tensor | None = None) -> HonestyReport:
+def report_restore_result(result: "RestoreResult", encoder: IdentityEncoder, landmarks: LandmarkDetector | None = None,
+                          masks: torch.Tensor | None = None) -> HonestyReport:
     """:func:`honesty_report` of :func:`honestface_core.pipeline.restore_images`' result: its aligned input crops,
-    restored crops and the effective input resolution from its alignment matrices."""
+    restored crops, each face's references and the effective input resolution from its alignment matrices."""
     faces = result.faces
     return honesty_report(faces.crops, result.restored, encoder, input_resolution(faces.matrices, faces.crops.shape[1]),
-                          masks, references, landmarks)
+                          masks, result.face_references, landmarks)
 
 
 __all__ = ["FaceHonesty", "HonestyReport", "honesty_report", "report_restore_result"]

@@ -281,3 +281,47 @@ def test_report_landmark_model_is_checked_before_the_restorer_loads(tmp_path, ph
     code = main(["restore", str(photo), "--blind", "--out", str(tmp_path / "out"), "--models", str(tmp_path / "no_models"),
                  "--report", "--report-landmarks", "wflw98"])
     _fails_cleanly(code, capsys.readouterr().err, "alignment_WFLW_4HG.pth")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# restore --person: group photos with an identity library; --strength, --min-face-size
+# ---------------------------------------------------------------------------------------------------------
+
+def test_restore_group_photo_with_one_identity_set_per_person(test_models_dir, tmp_path, photos_dir, capsys):
+    """Two people side by side, each with their own photos; SFace (real) tells them apart, the report says who is who."""
+    import json
+
+    from PIL import Image
+
+    from conftest import read_rgb
+    from test_identity_library import side_by_side
+
+    group = tmp_path / "group.png"
+    Image.fromarray(side_by_side(read_rgb(photos_dir / "obama.jpg"), read_rgb(photos_dir / "biden.jpg"))).save(group)
+    (tmp_path / "obama").mkdir()
+    (tmp_path / "biden").mkdir()
+    for name in ("obama2.jpg", "obama3.jpg"):
+        shutil.copy(photos_dir / name, tmp_path / "obama" / name)
+    Image.open(photos_dir / "biden.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "biden" / "b.png")
+    out = tmp_path / "out"
+    code = main(["restore", str(group), "--out", str(out), "--models", str(test_models_dir), "--detector", "yunet",
+                 "--device", "cpu", "--dtype", "fp32", "--person", f"obama={tmp_path / 'obama'}",
+                 f"biden={tmp_path / 'biden'}", "--match-identity", "sface", "--report", "--report-identity", "sface",
+                 "--report-landmarks", "none"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "  face 0: obama (similarity" in printed.out and "  face 1: biden (similarity" in printed.out, printed.out
+    report = json.loads((out / "group_honestface_report.json").read_text())
+    assert [(m["face"], m["identity"]) for m in report["identities"]] == [(0, "obama"), (1, "biden")]
+    assert all(f["ref_deg"] is not None for f in report["faces"])  # each face against its own person's references
+
+
+def test_restore_controls_are_checked_before_any_model_loads(tmp_path, photo, capsys):
+    missing = tmp_path / "no_models"
+    for args, words in ((["--blind", "--strength", "1.5"], "--strength"), (["--blind", "--min-face-size", "-1"], "--min-face-size"),
+                        (["--person", "anna"], "NAME=PATH"), (["--person", f"a={tmp_path}", "--refs", str(tmp_path)], "together"),
+                        (["--person", f"a={tmp_path / 'nowhere'}"], "does not exist"),
+                        (["--person", f"a={tmp_path}", "--identity-threshold", "2"], "--identity-threshold")):
+        code = main(["restore", str(photo), "--out", str(tmp_path / "out"), "--models", str(missing), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and "Traceback" not in err, (args, err)
