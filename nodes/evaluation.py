@@ -25,9 +25,8 @@ from honestface_core.files.model_paths import MODEL_FILES, bundled_model_path
 from .declare import field, node
 from .model_folders import check_choices, comfy_models
 from .result_text import landmark_summary, ui_text
-from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector, pick_encoder
+from .types import FACEANALYSIS, INSIGHTFACE_TOOLTIP, LANDMARKS, OPENCV_FACE, OPENCV_TOOLTIP, pick_detector, pick_encoder
 
-LANDMARKS = "HONESTFACE_LANDMARKS"
 NODE = "HonestFace Landmark Evaluation"
 INPUT_KINDS = ["aligned crops", "detect and align (ground truth's face)"]  # lists: ComfyUI checks list choices
 INSIGHTFACE_SCHEMES = ["ins106 (2d106det)", "ins68 (1k3d68)"]

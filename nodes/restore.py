@@ -16,13 +16,15 @@ from honestface_core.face.identity_library import DEFAULT_THRESHOLD, UNMATCHED
 from honestface_core.files.images import as_rgb_batch
 from honestface_core.files.model_paths import MODEL_FILES
 from honestface_core.model.loading import OSDFACE as CORE_OSDFACE, load_restorer
-from honestface_core.pipeline import restore_crops, restore_images
+from honestface_core.metrics.honesty import report_restore_result
+from honestface_core.metrics.input_consistency import honesty_map_images
+from honestface_core.pipeline import BackboneIdentityEncoder, restore_crops, restore_images
 
 from .declare import field, node
 from .model_folders import check_choices, comfy_models
 from .result_text import ui_text
-from .types import (COLOR_CORRECTIONS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_INPUT, LIBRARY, MASK_INPUT,
-                    OPENCV_INPUT, REFS, pick_detector, pick_encoder)
+from .types import (COLOR_CORRECTIONS, FACEXLIB_HELPER, FACEXLIB_TOOLTIP, INSIGHTFACE_INPUT, LANDMARKS, LIBRARY,
+                    MASK_INPUT, OPENCV_INPUT, REFS, pick_detector, pick_encoder)
 
 MODEL = "HONESTFACE_MODEL"
 OSDFACE = "osdface (OSDFace's blind weights in honestface/osdface/)"
@@ -206,18 +208,26 @@ class HonestFaceRestoreCrops:
           "identity_threshold": field("FLOAT", "With an identity library: the lowest identity similarity (cosine) "
                                       "that counts as a match (our default 0.3, see docs/restore.md).",
                                       default=DEFAULT_THRESHOLD, min=-1.0, max=1.0, step=0.01),
+          "honesty_report": field(["on", "off"], "Per-face honesty report: Ref-Deg against the person's references, "
+                                  "identity and consistency with the input, landmark drift, and a map of where the "
+                                  "restored face departs from what the input supports (docs/honesty.md).", default="on"),
+          "landmark_model": field(LANDMARKS, "Landmark detector for the report's landmark drift (HonestFace Landmark "
+                                  "Model Loader); without it the report says 'n/a'."),
       },
       outputs=[("IMAGE", "image", "The images with the restored faces pasted back (same size as the input)."),
                ("IMAGE", "restored_crops", "The restored face crops (one per face)."),
                ("STRING", "info", "What was done: faces per image, references used, images without a face, who is "
                 "who with an identity library."),
                ("MASK", "mask", "Where the restored faces were pasted, with the weight each pixel got (0 = input "
-                "pixel unchanged); for downstream nodes such as inpainting or compositing.")])
+                "pixel unchanged); for downstream nodes such as inpainting or compositing."),
+               ("IMAGE", "honesty_maps", "Per face: the restored crop with red where it departs from what the input "
+                "supports (empty when the report is off)."),
+               ("STRING", "report", "One honesty line per face (docs/honesty.md).")])
 class HonestFaceRestoreFaces:
     def restore(self, honestface_model, image, faces: str, mask: str, color_correction: str, chunk_size: int,
                 references=None, insightface=None, facexlib=None, opencv=None, strength: float = 1.0,
                 min_face_size: int = 0, gender: str = "any", identity_library=None, unmatched: str = "blind",
-                identity_threshold: float = DEFAULT_THRESHOLD):
+                identity_threshold: float = DEFAULT_THRESHOLD, honesty_report: str = "on", landmark_model=None):
         node = "HonestFace Restore Faces"
         images = as_rgb_batch(image, "image")
         parser = getattr(facexlib, "parser", None)
@@ -228,9 +238,10 @@ class HonestFaceRestoreFaces:
             raise HonestFaceError(f"{node}: references", "and identity_library are both connected",
                                   "Connect one person's references, or an identity library for group photos")
         detector = pick_detector(node, insightface=insightface, facexlib=facexlib, opencv=opencv)
-        matcher = None  # with a library: the connected insightface / SFace recogniser, else the model's own backbone
-        if identity_library is not None and (insightface is not None or getattr(opencv, "encoder", None) is not None):
-            matcher = pick_encoder(node, insightface=insightface, opencv=opencv)
+        # the connected insightface / SFace recogniser matches people and scores the report, else the model's backbone
+        encoder = None
+        if insightface is not None or getattr(opencv, "encoder", None) is not None:
+            encoder = pick_encoder(node, insightface=insightface, opencv=opencv)
         model = loaded_model(honestface_model)
         bar = comfy.utils.ProgressBar(1)
         result = restore_images(model, images, detector, identity_library or references, faces,
@@ -238,14 +249,27 @@ class HonestFaceRestoreFaces:
                                 chunk_size=chunk_size or None, progress=lambda done, n: bar.update_absolute(done, n),
                                 interrupt=mm.throw_exception_if_processing_interrupted, strength=strength,
                                 min_face_size=min_face_size, gender=gender, unmatched=unmatched,
-                                identity_encoder=matcher, identity_threshold=identity_threshold)
+                                identity_encoder=encoder, identity_threshold=identity_threshold)
         counts = torch.bincount(result.faces.image_index.cpu(), minlength=images.shape[0]).tolist()
         used = (f"identity library of {len(identity_library)}" if identity_library is not None
                 else f"{len(references)} reference(s)" if references is not None and len(references) else "blind")
         info = [f"restored {len(result.faces)} face(s) ({', '.join(map(str, counts))} per image), {used}"]
         info += [m.describe() for m in result.identities] + result.messages
+        maps, report = honesty_outputs(result, model, encoder, landmark_model) if honesty_report == "on" else (
+            result.restored[:0], "honesty report: off")
         out_device = mm.intermediate_device()
         text = "\n".join(info)
-        return {"ui": ui_text(text), "result": (result.images.to(out_device), result.restored.to(out_device), text,
-                                                result.mask.to(out_device))}
+        return {"ui": ui_text(text + "\n" + report), "result": (
+            result.images.to(out_device), result.restored.to(out_device), text, result.mask.to(out_device),
+            maps.to(out_device), report)}
+
+
+def honesty_outputs(result, model, encoder, landmarks) -> tuple[torch.Tensor, str]:
+    """Restore Faces' honesty maps and report lines (with the model's own backbone when no recogniser is connected)."""
+    if encoder is None and model.backbone is None:
+        return result.restored[:0], ("honesty report: n/a (no identity encoder: connect insightface, or OpenCV with "
+                                     "its SFace recognizer)")
+    report = report_restore_result(result, encoder or BackboneIdentityEncoder(model), landmarks)
+    maps = honesty_map_images(result.restored, report.maps) if len(report.faces) else result.restored[:0]
+    return maps, "\n".join(report.lines)
 

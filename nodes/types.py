@@ -19,6 +19,7 @@ OPENCV_FACE = "HONESTFACE_OPENCV"
 FACES = "HONESTFACE_FACES"
 REFS = "HONESTFACE_REFS"
 LIBRARY = "HONESTFACE_IDENTITY_LIBRARY"
+LANDMARKS = "HONESTFACE_LANDMARKS"
 
 INSIGHTFACE_TOOLTIP = ("An insightface FaceAnalysis (HonestFace insightface loader, or the InstantID / PuLID "
                        "loaders): SCRFD detector + ArcFace identity.")
