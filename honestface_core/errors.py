@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -35,3 +37,15 @@ class MissingModelError(HonestFaceError, FileNotFoundError):
             fix += f" ({where_to_get})"
         fix += ". Nothing is downloaded automatically; run `honestface check` to list every model file."
         super().__init__(f"model file '{filename}'", f"not found in '{self.folder}'", fix)
+
+
+def exit_code(command: Callable[[], object]) -> int:
+    """Run a command-line body: its exit code when it returns an int (else 0), or 2 with the error on stderr for a
+    :class:`HonestFaceError` (no traceback for a user's mistake)."""
+    try:
+        result = command()
+        return result if isinstance(result, int) else 0
+    except HonestFaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+

@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import argparse
 
-from honestface_core.errors import HonestFaceError
+from honestface_core.errors import HonestFaceError, exit_code
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, force: bool = False, use_ema: bool = True) -> Path:
@@ -50,12 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights even when the run kept an EMA")
     args = p.parse_args(argv)
-    try:
-        export_checkpoint(args.checkpoint, args.out, force=args.force, use_ema=not args.no_ema)
-    except HonestFaceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: export_checkpoint(args.checkpoint, args.out, force=args.force, use_ema=not args.no_ema))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import argparse
 
-from honestface_core.errors import HonestFaceError
+from honestface_core.errors import HonestFaceError, exit_code
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from training.engine import Trainer
 
     args = parse_args(argv)
-    try:
+
+    def run() -> None:
         if args.resume:
             ckpt = resolve_checkpoint(args.resume)
             run_dir = ckpt.parent.parent
@@ -50,12 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "Pass both, or --resume RUN_DIR to continue a run")
             output, ckpt = Path(args.output), None
             cfg = load_config(args.config)
-        trainer = Trainer(cfg, output, resume=ckpt)
-        trainer.train(max_steps=args.max_steps)
-    except HonestFaceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        Trainer(cfg, output, resume=ckpt).train(max_steps=args.max_steps)
+
+    return exit_code(run)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from honestface_core.errors import HonestFaceError
+from honestface_core.errors import exit_code
 from honestface_core.files.model_paths import BUNDLED_FALLBACKS, MODEL_FILES, bundled_model_path, default_models_dir
 
 #: modules that add their own subcommand (``add_parser(subparsers)``), e.g. restore, evaluate, bench.
@@ -91,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # our own process: keep freed CPU memory for reuse (see cpu_memory.py)
-    try:
-        return int(args.func(args) or 0)
-    except HonestFaceError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: args.func(args))
 
 
 if __name__ == "__main__":
