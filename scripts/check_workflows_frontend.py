@@ -61,11 +61,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 SURFACES = ".p-toast-message, [data-testid=toast], .p-dialog, [role=dialog], [role=alertdialog], [data-testid=error-overlay]"
 # Workflows whose run needs real face-detector weights; with the random-weight test models the run may fail, and
 # then the page must show the error.
-NEEDS_REAL_WEIGHTS = {"Restore faces with reference photos": "its insightface detector has random weights in the test models"}
+RANDOM_INSIGHTFACE = "its insightface detector has random weights in the test models"
+NEEDS_REAL_WEIGHTS = {"Restore faces with reference photos": RANDOM_INSIGHTFACE, "Restore a group photo": RANDOM_INSIGHTFACE}
 # What the text panel of these node types must show after a successful run.
 EXPECTED_TEXT = {"HonestFaceLandmarkEvaluation": ("image 0: L2-LD", "ALD", "mean of"),
                  "HonestFaceIdentitySimilarity": ("cos ", "°", "mean: cos"),
-                 "HonestFaceRestoreFaces": ("restored ",),
+                 "HonestFaceRestoreFaces": ("restored ", "face 0: Ref-Deg"),  # the info, then the honesty report
                  "HonestFaceImageQuality": ("mean: ",)}
 # The user's settings: the frontend's own schema check on (newer frontends turn it off by default), the tutorial
 # seen (a fresh user folder opens the template browser on the first visit), no "leave the page?" question.

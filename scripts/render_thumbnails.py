@@ -9,9 +9,10 @@ in pip packages, the other models are the random-weight test models).
   weights their output is noise. Their thumbnails therefore show, honestly labelled, what the workflow starts from
   (a degraded photo; for the reference workflow also the aligned reference crops its Load References node makes)
   and the face crop the model restores in one step and pastes back (the workflow's detection stage, run with the
-  same OpenCV loader).
+  same OpenCV loader). *Restore a group photo* likewise shows a degraded ``t1.jpg`` and its aligned faces, each of
+  which the workflow matches to a person of its identity library.
 
-    .venv/bin/python scripts/render_thumbnails.py
+    .venv/bin/python scripts/render_thumbnails.py [NAME ...]   (only the named thumbnails; default: all)
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def detect_prompt(image: str, opencv: dict) -> dict:
             "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     import insightface
     from skimage import data
 
@@ -148,10 +149,19 @@ def main() -> None:
         thumbs["Restore faces with reference photos"] = caption(
             stack(row([low, images_of(entry, server, "4")[0]], 250), row(images_of(entry, server, "6"), 120)),
             ["degraded photo, its face, and the reference crops", "that keep the identity (trained weights needed)"])
+
+        low_group = degrade(group)
+        low_group.save(server.input_dir / "low_group.png")
+        crops = images_of(run(server, detect_prompt("low_group.png", opencv)), server, "4")
+        thumbs["Restore a group photo"] = caption(stack(low_group, row(crops, low_group.width // (len(crops) + 1))), [
+            "degraded group photo and its faces, each matched",
+            "to a person's references and restored", "in one batch (trained weights needed)"])
     for name, img in thumbs.items():
+        if names and name not in names:
+            continue
         img.save(REPO / "workflows" / f"{name}.jpg", quality=88)
         print(f"wrote workflows/{name}.jpg")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

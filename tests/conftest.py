@@ -44,6 +44,14 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def side_by_side(left: np.ndarray, right: np.ndarray, height: int = 480) -> np.ndarray:
+    """Two photos scaled to one height, left | right: a group photo of two people."""
+    import cv2
+
+    fit = [cv2.resize(p, (round(p.shape[1] * height / p.shape[0]), height), interpolation=cv2.INTER_AREA) for p in (left, right)]
+    return np.ascontiguousarray(np.concatenate(fit, axis=1))
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     """skimage's astronaut photo, uint8 RGB (512x512, one face)."""

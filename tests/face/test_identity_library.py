@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_rgb
+from conftest import read_rgb, side_by_side
 from honestface_core.errors import HonestFaceError
 from honestface_core.face.alignment import align_faces
 from honestface_core.face.detection import YuNetDetector, detect_faces
@@ -16,12 +16,6 @@ from honestface_core.face.identity import SFaceEncoder
 from honestface_core.face.identity_library import IdentityLibrary
 from honestface_core.face.references import prepare_references
 from honestface_core.files.images import uint8_to_tensor
-
-
-def side_by_side(left: np.ndarray, right: np.ndarray, height: int = 480) -> np.ndarray:
-    """Two photos scaled to one height, left | right: a group photo of two people."""
-    fit = [cv2.resize(p, (round(p.shape[1] * height / p.shape[0]), height), interpolation=cv2.INTER_AREA) for p in (left, right)]
-    return np.ascontiguousarray(np.concatenate(fit, axis=1))
 
 
 @pytest.fixture(scope="module")

@@ -165,7 +165,7 @@ def test_missing_model_is_refused_when_queued(comfy_server):
 
 
 def test_workflow_files_have_readable_names_twins_and_thumbnails():
-    assert len(UI_WORKFLOWS) == 4
+    assert len(UI_WORKFLOWS) == 5
     for path in UI_WORKFLOWS:
         assert re.fullmatch(r"[A-Z][a-z]+( [a-z()]+)+", path.stem), path.stem  # the template browser's title
         assert (WORKFLOWS / "api" / path.name).is_file() and path.with_suffix(".jpg").is_file()
@@ -192,7 +192,7 @@ def test_workflows_declare_the_model_files_the_frontend_can_check():
                     heading = url.fragment.replace("-", " ")
                     assert any(re.sub(r"[^a-z0-9 ]", "", line.lower().lstrip("# ")) == heading
                                for line in doc.read_text().splitlines() if line.startswith("#")), m["url"]
-    assert declared == 2
+    assert declared == 3
 
 
 def test_workflow_layout_reads_left_to_right():
