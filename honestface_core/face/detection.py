@@ -59,17 +59,22 @@ def _face(box, score, kps) -> DetectedFace:
 
 
 def on_image(face: DetectedFace, width: int, height: int) -> bool:
-    """Whether a detection is usable: every value finite, a box of positive size whose centre lies in the image.
+    """Whether a detection is usable: every value finite, a box of positive size whose centre lies in the image,
+    and its five landmarks inside the box grown by its own size on each side.
 
-    OpenCV 4's YuNet returns score-1.0 boxes ~1e29 pixels off the image, or far taller than the image, on
-    extreme aspect ratios such as 20000x16. Faces cut by the image border are kept as long as their box centre
-    is inside (our choice).
+    OpenCV 4's YuNet returns score-1.0 boxes ~1e29 pixels off the image, or far taller than the image with
+    landmarks far outside the box, on extreme aspect ratios such as 2000x16 (what it returns there depends on
+    memory left by earlier calls). Faces cut by the image border are kept as long as their box centre is inside
+    (our choice).
     """
     values = np.concatenate([face.box, face.kps.reshape(-1), [face.score]])
     if not np.isfinite(values).all():
         return False
     x1, y1, x2, y2 = (float(v) for v in face.box)
-    return x2 > x1 and y2 > y1 and 0 <= (x1 + x2) / 2 < width and 0 <= (y1 + y2) / 2 < height
+    w, h = x2 - x1, y2 - y1
+    kx, ky = face.kps[:, 0], face.kps[:, 1]
+    near = bool(((kx >= x1 - w) & (kx <= x2 + w) & (ky >= y1 - h) & (ky <= y2 + h)).all())
+    return w > 0 and h > 0 and near and 0 <= (x1 + x2) / 2 < width and 0 <= (y1 + y2) / 2 < height
 
 
 def _order_eyes_mouth(kps: np.ndarray) -> np.ndarray:

@@ -84,7 +84,8 @@ def test_no_face_small_and_large_images(yunet, astronaut):
 
 @pytest.mark.parametrize("shape", [(16, 20000), (20000, 16), (16, 2000), (1, 5000)])
 def test_extreme_aspect_ratios_give_no_junk_boxes(yunet, shape):
-    """OpenCV 4's YuNet returns a score-1.0 box ~1e29 px off the image for these; it must be discarded."""
+    """OpenCV 4's YuNet returns a score-1.0 box ~1e29 px off the image for these, or (depending on earlier calls)
+    a box 20x taller than the image with landmarks far outside it; both must be discarded."""
     for img in (np.zeros((*shape, 3), np.uint8), np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)):
         assert yunet.detect(img) == []
 
@@ -96,8 +97,13 @@ def test_only_finite_boxes_that_overlap_the_image_are_kept(yunet, astronaut):
     assert on_image(face, 512, 512)
 
     def moved(box=None, kps=None, score=None) -> DetectedFace:
-        return DetectedFace(0, np.asarray(face.box if box is None else box, np.float32),
-                            face.score if score is None else score, face.kps if kps is None else kps)
+        """The detection with another box (its landmarks moved and scaled along with it), landmarks or score."""
+        new = np.asarray(face.box if box is None else box, np.float32)
+        if kps is None:
+            with np.errstate(all="ignore"):  # degenerate boxes: refused for their box anyway
+                scale = (new[2:] - new[:2]) / (face.box[2:] - face.box[:2])
+                kps = ((face.kps - face.box[:2]) * scale + new[:2]).astype(np.float32)
+        return DetectedFace(0, new, face.score if score is None else score, kps)
 
     assert on_image(moved(box=[-20, -10, 60, 90]), 512, 512)  # a face cut by the image corner is kept
     assert on_image(moved(box=[460, 10, 540, 90]), 512, 512)
@@ -107,6 +113,11 @@ def test_only_finite_boxes_that_overlap_the_image_are_kept(yunet, astronaut):
         assert not on_image(moved(box=box), 512, 512), box
     assert not on_image(moved(box=[16417, -47, 16912, 609]), 20000, 16)  # what YuNet 4.x returned for 20000x16
     assert not on_image(moved(kps=np.full((5, 2), np.nan, np.float32)), 512, 512)
+    # what YuNet 4.x returned for 2000x16 after other calls: a box 20x the image's height, landmarks far outside it
+    junk = moved(box=[1103.9, -174.3, 1115.5, 188.0])
+    junk.kps[[0, 4], 0] = [581.1, 1897.4]
+    assert not on_image(junk, 2000, 16)
+    assert not on_image(moved(kps=face.kps + [3 * (face.box[2] - face.box[0]), 0]), 512, 512)  # landmarks off the face
     assert not on_image(moved(score=float("nan")), 512, 512)
 
 
