@@ -8,7 +8,8 @@ Chromium over the DevTools protocol and checks (with the frontend's own schema c
 1. **Load**: each workflow, opened with ``app.loadGraphData`` (the path of a dropped or opened file), raises no
    warning: no console warning or error, no exception, no toast, no dialog, nothing in the error overlay
    (``[data-testid=error-overlay]``, newer frontends); ``app.graphToPrompt()`` equals its API twin in
-   ``workflows/api/``; every node title fits its node, every link runs from left to right, no nodes overlap, and
+   ``workflows/api/`` (for a UI file outside ``workflows/``, e.g. one saved by an older version of the pack in
+   ``tests/nodes/saved_workflows/``: its own ``api/`` twin plus the defaults of the inputs added since); every node title fits its node, every link runs from left to right, no nodes overlap, and
    every HonestFace node with a text result shows its panel.
    Two broken copies of the first workflow (a schema error, an unknown node type) must be reported, so a silent
    pass means the checks observed the page.
@@ -391,8 +392,22 @@ async def connect(devtools_port: int) -> tuple[aiohttp.ClientSession, aiohttp.Cl
     return http, ws, cdp
 
 
-async def check_with_models(cdp: Cdp, server: comfy_harness.ComfyServer, workflows: dict[str, dict], out: Path,
-                            report: Report) -> None:
+def with_defaults(api: dict, info: dict) -> dict:
+    """An older workflow's API twin plus the defaults of the widget inputs its nodes gained since (``info``: the
+    server's /object_info), which the frontend fills in when it opens the file."""
+    out = json.loads(json.dumps(api))
+    for node in out.values():
+        spec = info[node["class_type"]]["input"]
+        for key, value in {**spec.get("required", {}), **spec.get("optional", {})}.items():
+            combo = isinstance(value[0], list)
+            if key not in node["inputs"] and (combo or value[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")):
+                options = value[1] if len(value) > 1 else {}
+                node["inputs"][key] = options.get("default", value[0][0] if combo else None)
+    return out
+
+
+async def check_with_models(cdp: Cdp, server: comfy_harness.ComfyServer, workflows: dict[str, dict],
+                            twins: dict[str, Path], out: Path, report: Report) -> None:
     """Checks 1 (load) and 2 (run) on a server with the test models."""
     page = Page(cdp, server.url)
     version = await page.open()
@@ -402,7 +417,9 @@ async def check_with_models(cdp: Cdp, server: comfy_harness.ComfyServer, workflo
                [f"start-up: {p}" for p in lines])
     for name, wf in workflows.items():
         res, problems, ignored = await page.load(wf, name)
-        api = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
+        api = json.loads(twins[name].read_text())
+        if twins[name].parent.parent != REPO / "workflows":  # saved by an older version of the pack
+            api = with_defaults(api, server.get("/object_info"))
         problems += prompt_differences(res["prompt"], api)
         layout = await cdp.call(LAYOUT_JS)
         problems += [f"title cut off: {t}" for t in layout["cut"]]
@@ -482,7 +499,9 @@ def check(chromium: str, frontend: str | None, paths: list[Path], out: Path) -> 
 
     label = "frontend-" + (Path(frontend).parent.parent.name.split("-")[-1] if frontend else "pinned")
     report = Report(label)
-    workflows = {p.stem: json.loads(p.read_text()) for p in paths}
+    names = {p: p.stem if p.resolve().parent == REPO / "workflows" else f"{p.stem} (saved)" for p in paths}
+    workflows = {names[p]: json.loads(p.read_text()) for p in paths}
+    twins = {names[p]: p.resolve().parent / "api" / p.name for p in paths}
     args = ("--front-end-root", str(Path(frontend).resolve())) if frontend else ()
     with tempfile.TemporaryDirectory(prefix="hf_frontend_") as tmp:
         root = Path(tmp)
@@ -494,7 +513,7 @@ def check(chromium: str, frontend: str | None, paths: list[Path], out: Path) -> 
             http, ws, cdp = await connect(port)
             try:
                 with serve(root / "with_models", yaml, args, workflows) as server:
-                    await check_with_models(cdp, server, workflows, out, report)
+                    await check_with_models(cdp, server, workflows, twins, out, report)
                     with_models = server.get("/object_info")
                 with serve(root / "without_models", None, args, workflows) as server:
                     await check_without_models(cdp, server, workflows, with_models, out / label, report)
@@ -534,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "frontend_check",
                     help="folder for the screenshots (default: outputs/frontend_check)")
     ap.add_argument("workflows", nargs="*", type=Path,
-                    help="UI-format workflows with an API twin in workflows/api/ (default: workflows/*.json)")
+                    help="UI-format workflows with an API twin in the api/ folder beside them (default: workflows/*.json)")
     args = ap.parse_args(argv)
     if not args.chromium:
         print("no Chromium found: install it (Debian: apt-get install chromium) or pass --chromium")
