@@ -6,6 +6,7 @@ from honestface_core.errors import HonestFaceError
 from honestface_core.face.identity_library import IdentityLibrary
 
 from .declare import field, node
+from .result_text import ui_text
 from .types import LIBRARY, REFS
 
 PEOPLE = 4
@@ -41,4 +42,4 @@ class IdentityLibraryNode:
                                   "Connect one person's references (HonestFace Load References) to references_1")
         built = IdentityLibrary(names, sets)
         info = "\n".join(f"{n}: {len(s)} reference(s) ({s.encoder_name})" for n, s in zip(built.names, built.sets))
-        return (built, info)
+        return {"ui": ui_text(info), "result": (built, info)}
