@@ -1,9 +1,9 @@
 """Restore aligned face crops with a loaded HonestFace model, and whole images end to end.
 
 ``restore_crops``: every face of a call goes through the VAE and the UNet as one batch (split into chunks only
-when the device runs out of memory: the chunk is halved and retried). Reference pieces (ArcFace embeddings and
-backbone features of the references) are computed once per identity set and cached on the model (keyed without
-reading the references back to the host).
+when the device runs out of memory: the chunk is halved and retried). Each face may have its own reference set (or
+none: blind); each set is encoded once per model (``HonestFaceModel.encode_references``, cached on the set) and the
+faces' references are stacked into the one batch (padded to one K with a mask).
 
 ``restore_images``: detect -> align -> restore -> paste back; only the face crops travel to the model's device.
 """
@@ -11,7 +11,7 @@ reading the references back to the host).
 from __future__ import annotations
 
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -24,7 +24,10 @@ from honestface_core.face.detection import (DetectedFace, FaceDetector, detect_f
 from honestface_core.errors import HonestFaceError
 from honestface_core.files.images import as_rgb_batch
 from honestface_core.face.pasteback import paste_faces
+from honestface_core.face.identity import IdentityEncoder
+from honestface_core.face.identity_library import DEFAULT_THRESHOLD, UNMATCHED, IdentityLibrary, IdentityMatch
 from honestface_core.face.references import ReferenceSet
+from honestface_core.model.reference_batch import EncodedReferences, ReferenceBatch, crops_to_model, model_resolution
 
 MIN_CROP_SIZE = 64
 CROP_SIZE_ADVICE = "Align faces at 512 pixels (the size the model restores)"
@@ -34,26 +37,9 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 Interrupt = Callable[[], None]
 
-REFERENCE_CACHE_SIZE = 4
-"""Identity sets whose reference pieces stay cached on a model (our choice: a few people per session)."""
-
 
 # ---------------------------------------------------------------------------------------------------------
-# Tensors in the model's layout
-
-
-def model_resolution(model) -> int:
-    """Side of the square crops the model restores (512 for SD-2.1-base)."""
-    return int(model.config.vre.resolution)
-
-
-def crops_to_model(crops: torch.Tensor, model) -> torch.Tensor:
-    """``(N, S, S, 3)`` [0, 1] -> ``(N, 3, R, R)`` [-1, 1] on the model's device and dtype (resized if S != R)."""
-    x = crops.to(model.device, torch.float32).permute(0, 3, 1, 2)
-    res = model_resolution(model)
-    if x.shape[-1] != res:
-        x = F.interpolate(x, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
-    return (x * 2 - 1).to(model.dtype)
+# Tensors in the model's layout (crops_to_model, model_resolution: honestface_core.model.reference_batch)
 
 
 def model_to_crops(x: torch.Tensor, size: int, like: torch.Tensor) -> torch.Tensor:
@@ -90,80 +76,34 @@ class BackboneIdentityEncoder:
         return self.model.backbone.embed(x).float().to(crops.device)
 
 
-@dataclass
-class ReferencePieces:
-    """What the model needs of one identity set, on its device: ``(1, K, D)`` ArcFace embeddings and
-    ``(1, K, C, h, w)`` backbone features, shared by every face of a call."""
-
-    embeddings: torch.Tensor
-    features: torch.Tensor
-
-    def batch(self, n: int):
-        """A ``ReferenceBatch`` for ``n`` faces that all use these references (expanded views, no copies)."""
-        from honestface_core.model.honestface import ReferenceBatch
-
-        k = self.embeddings.shape[1]
-        return ReferenceBatch(images=None, mask=torch.ones(n, k, dtype=torch.bool, device=self.embeddings.device),
-                              embeddings=self.embeddings.expand(n, -1, -1),
-                              features=self.features.expand(n, *self.features.shape[1:]))
+FaceReferences = ReferenceSet | Sequence[ReferenceSet | None] | None
+"""References of a call: one set for every face, one (or None = blind) per face, or None (all blind)."""
 
 
-def reference_key(refs: ReferenceSet) -> tuple:
-    """Cache key of an identity set's reference pieces, read from tensor metadata only (no copy to the host, no
-    hashing): the storage and in-place version counter of its crops and embeddings, their shapes and the encoder.
-    The cache entry holds those tensors, so their storage cannot be freed and reused by another set while the
-    entry lives; an in-place edit bumps the version, so edited references are recomputed (inference-mode tensors,
-    such as ComfyUI's, keep no version: reference sets are never edited in place by this pack)."""
-    parts = [refs.encoder_name]
-    for t in (refs.crops, refs.embeddings):
-        parts += [t.device.type, t.device.index, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
-                  tuple(t.stride()), t.dtype, None if t.is_inference() else t._version]
-    return tuple(parts)
-
-
-def check_references(model, refs: ReferenceSet) -> None:
-    """Fail early, naming the problem, when ``refs`` cannot condition ``model``."""
-    want = int(model.config.identity.embedding_dim)
-    got = int(refs.embeddings.shape[1])
-    if got != want:
-        raise HonestFaceError(
-            "reference set",
-            f"has {got}-d embeddings (made by '{refs.encoder_name}'), the HonestFace model expects {want}-d ArcFace "
-            f"embeddings ({model.config.features.backbone})",
-            "Prepare the references with the insightface (ArcFace) loader or the HonestFace model itself, not with "
-            "the OpenCV SFace encoder",
-        )
-    if model.backbone is None:
-        raise HonestFaceError("HonestFace model", "has no face backbone, which reference-based restoration needs",
-                              f"Put the insightface recogniser '{model.config.features.backbone}.onnx' in place and reload "
-                              "the model, or restore without references (blind)")
-
-
-def reference_pieces(model, refs: ReferenceSet) -> ReferencePieces:
-    """ArcFace embeddings and backbone features of the references, computed once per identity set and cached.
-
-    Embeddings made by the same ArcFace network as the model's backbone (``encoder_name`` ``arcface:<name>``)
-    are used as given; others of the right size are recomputed with the backbone (our choice: two ArcFace
-    networks' embedding spaces are not interchangeable).
-    """
-    check_references(model, refs)
-    cache: OrderedDict = model.__dict__.setdefault("_honestface_reference_cache", OrderedDict())
-    key = (reference_key(refs), str(model.device), str(model.dtype))
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key][0]
-    with torch.inference_mode():
-        images = crops_to_model(refs.crops, model)
-        if refs.encoder_name == f"arcface:{model.config.features.backbone}":
-            emb = refs.embeddings.to(model.device, torch.float32)
-        else:
-            emb = model.backbone.embed(images).float()
-        features = model.backbone.features(images)
-    pieces = ReferencePieces(F.normalize(emb, dim=-1)[None], features[None])
-    cache[key] = (pieces, refs.crops, refs.embeddings)  # keeps the keyed storage alive (see reference_key)
-    while len(cache) > REFERENCE_CACHE_SIZE:
-        cache.popitem(last=False)
-    return pieces
+def encode_face_references(model, refs: FaceReferences, n: int) -> list[EncodedReferences | None] | None:
+    """Each face's encoded references (:meth:`HonestFaceModel.encode_references`, cached on each set), or None when
+    no face has any. Checked before any slow work."""
+    if refs is None or isinstance(refs, ReferenceSet):
+        per_face = [refs] * n
+    elif isinstance(refs, Sequence) and not isinstance(refs, str):
+        per_face = list(refs)
+        wrong = [type(r).__name__ for r in per_face if r is not None and not isinstance(r, ReferenceSet)]
+        if len(per_face) != n or wrong:
+            problem = f"hold a {wrong[0]}" if wrong else f"are a list of {len(per_face)} entries for {n} faces"
+            raise HonestFaceError("references", problem, "Give one reference set (or None = blind) per face, in the "
+                                  "order of the crops, or one set for every face")
+    else:
+        raise HonestFaceError("references", f"are a {type(refs).__name__}, not a reference set",
+                              "Give one reference set, one per face (None = blind), or none")
+    per_face = [r if r is not None and len(r) else None for r in per_face]
+    if all(r is None for r in per_face):
+        return None
+    if model.config.variant == "osdface":
+        logger.warning("the OSDFace model restores blind; the references are ignored")
+        return None
+    for r in {id(r): r for r in per_face if r is not None}.values():
+        model.check_references(r)
+    return [None if r is None else model.encode_references(r) for r in per_face]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -175,21 +115,22 @@ def _free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _restore_chunk(model, crops: torch.Tensor, pieces: ReferencePieces | None) -> torch.Tensor:
+def _restore_chunk(model, crops: torch.Tensor, encoded: list[EncodedReferences | None] | None) -> torch.Tensor:
     with torch.inference_mode():
         lq = crops_to_model(crops, model)
-        refs = None if pieces is None else pieces.batch(lq.shape[0])
+        refs = None if encoded is None else ReferenceBatch.from_encoded(encoded)
         return model_to_crops(model(lq, refs), crops.shape[1], crops)
 
 
-def restore_crops(model, crops: torch.Tensor, refs: ReferenceSet | None = None, chunk_size: int | None = None,
+def restore_crops(model, crops: torch.Tensor, refs: FaceReferences = None, chunk_size: int | None = None,
                   progress: Progress | None = None, interrupt: Interrupt | None = None) -> torch.Tensor:
     """Restore FFHQ-aligned face crops.
 
     Args:
         model: a loaded ``HonestFaceModel`` (any device / dtype).
         crops: ``(N, S, S, 3)`` float [0, 1] (resized to the model's 512 and back when S differs).
-        refs: the person's :class:`ReferenceSet` (used for every face), or None for blind restoration.
+        refs: the person's :class:`ReferenceSet` (used for every face), one set or None per face (each face
+            restored with its own references or blind, all in one UNet batch), or None for blind restoration.
         chunk_size: faces per UNet batch; None = all faces in one batch. On out-of-memory the chunk is halved
             and retried automatically.
         progress: ``progress(done_faces, total_faces)`` after each chunk.
@@ -204,12 +145,7 @@ def restore_crops(model, crops: torch.Tensor, refs: ReferenceSet | None = None, 
         return crops.clone()
     if chunk_size is not None and int(chunk_size) < 1:
         raise HonestFaceError("chunk size", f"{chunk_size} is not a positive number", "Use 1 or more, or leave it empty")
-    pieces = None
-    if refs is not None and len(refs):
-        if model.config.variant == "osdface":
-            logger.warning("the OSDFace model restores blind; the %d references are ignored", len(refs))
-        else:
-            pieces = reference_pieces(model, refs)
+    encoded = encode_face_references(model, refs, n)
     chunk = min(n, int(chunk_size or n))
     out = torch.empty_like(crops)
     done = 0
@@ -218,7 +154,7 @@ def restore_crops(model, crops: torch.Tensor, refs: ReferenceSet | None = None, 
             interrupt()
         end = min(n, done + chunk)
         try:
-            out[done:end] = _restore_chunk(model, crops[done:end], pieces)
+            out[done:end] = _restore_chunk(model, crops[done:end], None if encoded is None else encoded[done:end])
         except torch.OutOfMemoryError as err:
             _free_memory(model.device)
             if chunk == 1:
@@ -247,6 +183,8 @@ class RestoreResult:
         restored: ``(N, S, S, 3)`` restored crops.
         mask: ``(B, H, W)`` how much of each pixel comes from the restored faces (0 = the input pixel unchanged).
         messages: what the user should know (e.g. images without a face).
+        identities: with an identity library, who each detected face is (face numbers before ``unmatched="skip"``).
+        face_references: the references each restored face got (None = blind), in the order of ``faces``.
     """
 
     images: torch.Tensor
@@ -254,6 +192,8 @@ class RestoreResult:
     restored: torch.Tensor
     mask: torch.Tensor
     messages: list[str] = field(default_factory=list)
+    identities: list[IdentityMatch] = field(default_factory=list)
+    face_references: list[ReferenceSet | None] = field(default_factory=list)
 
 
 def check_face_indices(faces: list[DetectedFace], selection: str, image_names: Sequence[str] | None = None) -> None:
@@ -276,18 +216,22 @@ def check_face_indices(faces: list[DetectedFace], selection: str, image_names: S
                                   "Use indices that exist (0 = leftmost face), 'all' or 'largest'")
 
 
-def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: ReferenceSet | None = None,
+def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: ReferenceSet | IdentityLibrary | None = None,
                    selection: str = "all", crop_size: int = 512, parser=None, color_correction: str = "none",
                    chunk_size: int | None = None, progress: Progress | None = None,
                    interrupt: Interrupt | None = None, image_names: Sequence[str] | None = None,
-                   strength: float = 1.0, min_face_size: int = 0, gender: str = "any") -> RestoreResult:
+                   strength: float = 1.0, min_face_size: int = 0, gender: str = "any", unmatched: str = "blind",
+                   identity_encoder: IdentityEncoder | None = None,
+                   identity_threshold: float = DEFAULT_THRESHOLD) -> RestoreResult:
     """Detect, align, restore and paste back every selected face of every image.
 
     Args:
         model: a loaded ``HonestFaceModel``.
         images: ``(B, H, W, 3)`` float [0, 1].
         detector: any :class:`~honestface_core.face.detection.FaceDetector`.
-        refs: the person's references, or None (blind).
+        refs: the person's references, an :class:`~honestface_core.face.identity_library.IdentityLibrary` (group
+            photos: each face is matched to the closest person and restored with their references, all faces in
+            one UNet batch), or None (blind).
         selection: ``"all"``, ``"largest"`` or indices such as ``"0,2"`` (per image, left to right); an index that
             an image with faces does not have is an error (:func:`check_face_indices`).
         crop_size: aligned crop side (512 = the model's native size).
@@ -298,6 +242,10 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
         strength: 0..1 blend of restored and original faces (:func:`~honestface_core.face.pasteback.paste_back`).
         min_face_size, gender: face filters (:func:`~honestface_core.face.detection.filter_faces`), applied before
             ``selection`` (indices count the faces that pass, left to right).
+        unmatched: with a library, ``"blind"`` (restore faces that match nobody without references) or ``"skip"``
+            (leave them untouched).
+        identity_encoder, identity_threshold: with a library, the encoder that matches faces to people (default: the
+            model's own ArcFace backbone) and the lowest cosine similarity that counts as a match.
 
     Returns:
         :class:`RestoreResult`; images are returned on the input's device.
@@ -307,8 +255,12 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
     aligned crops go to the model and back (our choice, docs/restore.md).
     """
     images = as_rgb_batch(images, "images")
-    if refs is not None and len(refs) and model.config.variant != "osdface":
-        check_references(model, refs)  # fail before the slow steps
+    library = refs if isinstance(refs, IdentityLibrary) else None
+    if library is not None and unmatched not in UNMATCHED:
+        raise HonestFaceError("unmatched", f"'{unmatched}' is unknown", f"Use one of {', '.join(UNMATCHED)}")
+    for person in library.sets if library is not None else [refs]:
+        if person is not None and len(person) and model.config.variant != "osdface":
+            model.check_references(person)  # fail before the slow steps
     parse_selection(selection)  # bad options fail before detection
     filter_faces([], min_face_size, gender)
     if not 0.0 <= float(strength) <= 1.0:
@@ -318,6 +270,13 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
     check_face_indices(found, selection, image_names)
     faces = select_faces(found, selection)
     aligned = align_faces(images, faces, crop_size)
+    identities = []
+    if library is not None and len(aligned):
+        identities = library.match(aligned.crops, identity_encoder or BackboneIdentityEncoder(model), identity_threshold)
+        refs = library.references_for(identities)
+        if unmatched == "skip":
+            keep = [i for i, r in enumerate(refs) if r is not None]
+            aligned, refs = aligned.select(keep), [refs[i] for i in keep]
     messages = []
     missing = sorted(set(range(images.shape[0])) - {f.image_index for f in faces})
     if missing:
@@ -326,11 +285,13 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
     if not len(aligned):
         for m in messages:
             logger.warning(m)
-        return RestoreResult(images.clone(), aligned, aligned.crops, images.new_zeros(images.shape[:3]), messages)
+        return RestoreResult(images.clone(), aligned, aligned.crops, images.new_zeros(images.shape[:3]), messages,
+                             identities, [])
     restored = restore_crops(model, aligned.crops, refs, chunk_size, progress, interrupt)
     masks = parser.face_mask(aligned.crops) if parser is not None else None
     pasted = paste_faces(images, restored, aligned.matrices, aligned.image_index, masks, color_correction, aligned.crops,
                          strength)
     for m in messages:
         logger.warning(m)
-    return RestoreResult(pasted.images, aligned, restored, pasted.mask, messages)
+    per_face = list(refs) if isinstance(refs, list) else [refs] * len(aligned)
+    return RestoreResult(pasted.images, aligned, restored, pasted.mask, messages, identities, per_face)

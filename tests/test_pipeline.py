@@ -1,4 +1,5 @@
-"""Restoration pipeline with the tiny random-weight models: batching, chunking, caching, pass-through, CLI.
+"""Restoration pipeline with the tiny random-weight models: batching, chunking, per-face references and their cache
+on the reference set, pass-through, CLI.
 
 The tiny model's outputs are noise-like (random weights); the tests check shapes, equivalences and that
 nothing outside the pasted faces changes, never what a face looks like.
@@ -6,6 +7,7 @@ nothing outside the pasted faces changes, never what a face looks like.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from pathlib import Path
 
@@ -21,8 +23,7 @@ from honestface_core.errors import HonestFaceError
 from honestface_core.files.images import uint8_to_tensor
 from honestface_core import pipeline
 from honestface_core.model.loading import load_restorer
-from honestface_core.pipeline import (BackboneIdentityEncoder, reference_key, reference_pieces, restore_crops,
-                                      restore_images)
+from honestface_core.pipeline import BackboneIdentityEncoder, restore_crops, restore_images
 from honestface_core.face.references import ReferenceSet, prepare_references
 
 from conftest import read_rgb
@@ -43,6 +44,12 @@ def detector(yunet_path):
 def refs(model, detector, photos_dir) -> ReferenceSet:
     images = [(n, read_rgb(photos_dir / n)) for n in ("obama.jpg", "obama2.jpg")]
     return prepare_references(images, detector, BackboneIdentityEncoder(model))
+
+
+@pytest.fixture(scope="module")
+def other_refs(model, detector, photos_dir) -> ReferenceSet:
+    """Another person's set, with another K (1) than ``refs`` (2)."""
+    return prepare_references([("biden.jpg", read_rgb(photos_dir / "biden.jpg"))], detector, BackboneIdentityEncoder(model))
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +85,8 @@ def test_batch_equals_per_face_and_reference_cache(model, refs, astronaut_crops,
     # batched vs single convolutions differ in rounding; the random tiny model amplifies it at a few pixels
     diff = (batch - per_face).abs()
     assert diff.mean() < 2e-4 and diff.max() < 0.05
-    cache = model.__dict__["_honestface_reference_cache"]
-    assert len(cache) == 1 and next(iter(cache))[0] == reference_key(refs)
+    (entry,) = refs._cache[model.backbone].values()  # encoded once for this model, device and dtype, kept on the set
+    assert entry[1] is model.encode_references(refs)
     blind = restore_crops(model, astronaut_crops[:1], None)
     assert (blind - batch[:1]).abs().max() > 1e-3  # references change the prompt, hence the result
 
@@ -164,18 +171,56 @@ def test_cli_restore_writes_new_file_and_never_overwrites(test_models_dir, astro
     assert "--refs" in capsys.readouterr().err
 
 
-def test_reference_cache_reads_nothing_back(model, refs):
-    """The cache key comes from tensor metadata: no copy to the host, no hashing; an edited set is a new key."""
-    first = reference_pieces(model, refs)
+def test_encoded_references_are_cached_on_the_set(model, refs):
+    """The cache lives on the set, keyed by the model's backbone (held weakly), device and dtype; a hit reads nothing
+    back to the host; another set, a replaced tensor and an in-place edit are encoded again, never stale."""
+    first = model.encode_references(refs)
+    assert first.embeddings.shape == (2, model.config.identity.embedding_dim) and len(first) == 2
     with HostReads() as mode:
-        key = reference_key(refs)
-        again = reference_pieces(model, refs)
+        again = model.encode_references(refs)
     assert mode.calls == [] and again is first
     edited = ReferenceSet(refs.crops.clone(), refs.embeddings.clone(), refs.names, refs.status, refs.encoder_name)
-    assert reference_key(edited) != key
-    before = reference_key(edited)
-    edited.embeddings.mul_(1.0)  # an in-place edit (same values) bumps the version: recomputed, never stale
-    assert reference_key(edited) != before
+    copy = model.encode_references(edited)
+    assert copy is not first and model.encode_references(edited) is copy
+    torch.testing.assert_close(copy.features, first.features, atol=0, rtol=0)
+    edited.embeddings.mul_(1.0)  # an in-place edit (same values) bumps the version: encoded again
+    edited_again = model.encode_references(edited)
+    assert edited_again is not copy
+    edited.crops = edited.crops.clone()  # a replaced tensor: encoded again
+    assert model.encode_references(edited) is not edited_again
+    owner = torch.nn.Linear(1, 1)  # any other owner, e.g. a second model's backbone
+    assert edited.cached(owner, "key", lambda: 1) == 1 and edited.cached(owner, "key", lambda: 2) == 1
+    assert len(edited._cache) == 2
+    del owner
+    gc.collect()
+    assert list(edited._cache) == [model.backbone]  # a freed owner's entries go with it
+
+
+def test_faces_with_different_references_share_one_unet_batch(model, refs, other_refs, astronaut_crops):
+    """Two people and a blind face in one call equal three separate calls, and the UNet runs once for all three."""
+    crops = torch.cat([astronaut_crops, astronaut_crops[:1]])
+    per_face = [refs, other_refs, None]
+    calls = []
+    hook = model.generator.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        batch = restore_crops(model, crops, per_face)
+        assert calls == [3]
+        separate = torch.cat([restore_crops(model, crops[i:i + 1], r) for i, r in enumerate(per_face)])
+    finally:
+        hook.remove()
+    assert calls == [3, 1, 1, 1]
+    diff = (batch - separate).abs()  # batched vs single convolutions differ in rounding (see above)
+    assert diff.mean() < 2e-4 and diff.max() < 0.05
+    # each face really used its own references: another set or none gives another result
+    assert (separate[0] - restore_crops(model, crops[:1], other_refs)).abs().max() > 1e-3
+    assert (separate[2] - restore_crops(model, crops[2:], refs)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("bad, match", [([None], "list of 1 entries for 2 faces"), (["obama.jpg", None], "hold a str"),
+                                        ("obama.jpg", "are a str")])
+def test_bad_per_face_references_are_refused(model, astronaut_crops, bad, match):
+    with pytest.raises(HonestFaceError, match=match):
+        restore_crops(model, astronaut_crops, bad)
 
 
 def test_restore_images_detects_on_the_input_itself(model, detector, astronaut, monkeypatch):

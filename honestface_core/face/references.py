@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Hashable, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +31,8 @@ IDENTITY_SET_VERSION = 1
 MIN_CROP_SIZE = 64  # smallest aligned reference crop (Load References' crop_size minimum; our choice)
 REBUILD = "Rebuild the identity set from the photos (HonestFace Load References + Save Identity Set)"
 
+T = TypeVar("T")
+
 
 @dataclass
 class ReferenceSet:
@@ -41,6 +45,8 @@ class ReferenceSet:
         status: one line per *input* reference, kept or skipped, e.g. ``"obama.jpg: ok"``,
             ``"gradient.png: skipped: no face found"``, ``"biden.jpg: skipped: not in top 2 (similarity 0.05)"``.
         encoder_name: the identity encoder that made ``embeddings`` (e.g. ``"arcface:glintr100"``, ``"sface"``).
+
+    A set is not edited in place by this pack; what a model computes from it is cached on the set (:meth:`cached`).
     """
 
     crops: torch.Tensor
@@ -48,6 +54,8 @@ class ReferenceSet:
     names: list[str]
     status: list[str]
     encoder_name: str
+    _cache: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, init=False, repr=False,
+                                              compare=False)
 
     def __post_init__(self):
         k = len(self.names)
@@ -58,6 +66,23 @@ class ReferenceSet:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def cached(self, owner: object, key: Hashable, build: Callable[[], T]) -> T:
+        """``build()``, computed once per ``owner`` and ``key`` and kept on this set (e.g. a model's encoded
+        references: owner = its backbone, key = device and dtype; ``HonestFaceModel.encode_references``).
+
+        ``owner`` is held weakly: its entries go when it is freed. An entry is built again when ``crops`` or
+        ``embeddings`` were replaced or edited in place (tensor identity and version counter: metadata only, nothing
+        is read back from the device; inference-mode tensors have no version counter).
+        """
+        state = tuple((t, None if t.is_inference() else t._version) for t in (self.crops, self.embeddings))
+        entries = self._cache.setdefault(owner, {})
+        hit = entries.get(key)
+        if hit is not None and all(t is u and v == w for (t, v), (u, w) in zip(hit[0], state)):
+            return hit[1]
+        value = build()
+        entries[key] = (state, value)
+        return value
 
     def mean_embedding(self) -> torch.Tensor:
         """``(1, D)`` L2-normalised mean of the reference embeddings (the Ref-Deg target)."""

@@ -1,17 +1,18 @@
 """HonestFaceModel: VRE + reference embedders + fusion -> prompt p; one-step SD-2.1 UNet (LoRA) -> restored face.
 
 Images are ``(B, 3, 512, 512)`` tensors in [-1, 1] (FFHQ-aligned crops). References are FFHQ-aligned crops of
-the same person, given per sample (any K >= 1, or none for blind mode). Frozen, as in the paper: VAE, VRE
-encoder and LQ codebook, face backbone, base UNet weights. Trainable: UNet LoRA, VRE projector, identity
-encoder, feature extractor (resampler), fusion and the null tokens.
+the same person, given per sample (any K >= 1, or none for blind mode), or a reference set encoded once by
+:meth:`HonestFaceModel.encode_references` (cached on the set). Frozen, as in the paper: VAE, VRE encoder and LQ
+codebook, face backbone, base UNet weights. Trainable: UNet LoRA, VRE projector, identity encoder, feature extractor
+(resampler), fusion and the null tokens.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
@@ -21,45 +22,9 @@ from honestface_core.model.config import HonestFaceConfig
 from honestface_core.model.embedders import FaceBackboneLike, FeatureExtractor, IdentityEncoder
 from honestface_core.model.fusion import FeatureFusion
 from honestface_core.model.generator import OneStepGenerator
+from honestface_core.model.reference_batch import (EncodedReferences, ReferenceBatch, ReferenceSource, crops_to_model,
+                                                   model_resolution)
 from honestface_core.model.vre import TokenProjector, VisualRepresentationEmbedder
-
-
-@dataclass
-class ReferenceBatch:
-    """Padded references of a batch.
-
-    Attributes:
-        images: (B, K, 3, S, S) FFHQ-aligned crops in [-1, 1] (padding slots are ignored).
-        mask: (B, K) bool, True where a reference exists. A row of False = blind sample.
-        embeddings: optional (B, K, D) precomputed ArcFace embeddings (e.g. cached per identity); computed from
-            ``images`` with the model's backbone when omitted.
-        features: optional (B, K, C, h, w) precomputed backbone feature maps (``backbone.features``) of the
-            references; computed from ``images`` when omitted.
-    """
-
-    images: torch.Tensor | None
-    mask: torch.Tensor
-    embeddings: torch.Tensor | None = None
-    features: torch.Tensor | None = None
-
-    @classmethod
-    def from_list(cls, refs: Sequence[torch.Tensor | None]) -> "ReferenceBatch":
-        """Pad a list of per-sample ``(K_i, 3, S, S)`` tensors (or None / K_i = 0 for blind samples)."""
-        shapes = {tuple(r.shape[1:]) for r in refs if r is not None and r.shape[0]}
-        if len(shapes) > 1:
-            raise HonestFaceError("references", f"have different crop shapes {sorted(shapes)}",
-                                  "Align every reference to the same crop size (512x512 FFHQ template)")
-        k = max([0] + [r.shape[0] for r in refs if r is not None])
-        ref = next((r for r in refs if r is not None and r.shape[0]), None)
-        if ref is None:
-            return cls(None, torch.zeros(len(refs), 0, dtype=torch.bool))
-        images = ref.new_zeros(len(refs), k, *ref.shape[1:])
-        mask = torch.zeros(len(refs), k, dtype=torch.bool, device=ref.device)
-        for i, r in enumerate(refs):
-            if r is not None and r.shape[0]:
-                images[i, : r.shape[0]] = r
-                mask[i, : r.shape[0]] = True
-        return cls(images, mask)
 
 
 RefsInput = ReferenceBatch | Sequence[torch.Tensor | None] | tuple[torch.Tensor, torch.Tensor] | None
@@ -139,6 +104,46 @@ class HonestFaceModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.projector.conv1.weight.device
+
+    # ------------------------------------------------------------------------------------------ references
+    def check_references(self, refs: ReferenceSource) -> None:
+        """Fail early, naming the problem, when ``refs`` cannot condition this model."""
+        want = int(self.config.identity.embedding_dim)
+        got = int(refs.embeddings.shape[1])
+        if got != want:
+            raise HonestFaceError(
+                "reference set",
+                f"has {got}-d embeddings (made by '{refs.encoder_name}'), the HonestFace model expects {want}-d ArcFace "
+                f"embeddings ({self.config.features.backbone})",
+                "Prepare the references with the insightface (ArcFace) loader or the HonestFace model itself, not with "
+                "the OpenCV SFace encoder",
+            )
+        if self.backbone is None:
+            raise HonestFaceError("HonestFace model", "has no face backbone, which reference-based restoration needs",
+                                  f"Put the insightface recogniser '{self.config.features.backbone}.onnx' in place and "
+                                  "reload the model, or restore without references (blind)")
+
+    def encode_references(self, refs: ReferenceSource) -> EncodedReferences:
+        """What the UNet batch needs of a reference set (:class:`EncodedReferences`; stack per-face ones with
+        :meth:`ReferenceBatch.from_encoded`). Computed once per set, backbone, device and dtype, and cached on the
+        set itself (``refs.cached``; docs/model.md).
+
+        Embeddings made by the same ArcFace network as the model's backbone (``encoder_name``
+        ``arcface:<backbone>``) are used as given; others of the right size are recomputed with the backbone (our
+        choice: two ArcFace networks' embedding spaces are not interchangeable).
+        """
+        self.check_references(refs)
+        key = (str(self.device), self.dtype, self.config.features.backbone, model_resolution(self))
+        return refs.cached(self.backbone, key, lambda: self._encode_references(refs))
+
+    def _encode_references(self, refs: ReferenceSource) -> EncodedReferences:
+        with torch.inference_mode():
+            images = crops_to_model(refs.crops, self)
+            if refs.encoder_name == f"arcface:{self.config.features.backbone}":
+                emb = refs.embeddings.to(self.device, torch.float32)
+            else:
+                emb = self.backbone.embed(images).float()
+            return EncodedReferences(F.normalize(emb, dim=-1), self.backbone.features(images))
 
     # ------------------------------------------------------------------------------------------ prompt
     def _references(self, refs: RefsInput, batch: int) -> ReferenceBatch:
@@ -258,4 +263,4 @@ def _check_image(x: torch.Tensor, name: str) -> None:
         raise HonestFaceError(name, f"has size {tuple(x.shape[-2:])}, not a multiple of 8", "Use 512x512 aligned crops")
 
 
-__all__ = ["HonestFaceModel", "ReferenceBatch"]
+__all__ = ["EncodedReferences", "HonestFaceModel", "ReferenceBatch"]

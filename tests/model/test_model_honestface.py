@@ -7,7 +7,8 @@ import torch
 
 from honestface_core.errors import HonestFaceError
 from honestface_core.model.config import HonestFaceConfig
-from honestface_core.model.honestface import HonestFaceModel, ReferenceBatch
+from honestface_core.face.references import ReferenceSet
+from honestface_core.model.honestface import EncodedReferences, HonestFaceModel, ReferenceBatch
 from honestface_core.model.iresnet import FaceBackbone, IResNet
 
 TRAINABLE_PREFIXES = ("projector.", "identity_encoder.", "feature_extractor.", "fusion.")
@@ -99,6 +100,30 @@ def test_reference_order_and_counts(model):
         torch.testing.assert_close(model.encode_prompt(lq2, cached), p_list)
 
 
+def test_encoded_references_stack_per_face(model):
+    """``encode_references`` of a set equals the backbone's pieces; ``ReferenceBatch.from_encoded`` expands one shared
+    set without copies and pads different sets (and blind faces) so that each face's prompt is its own."""
+    lq = images(3, 64)
+    res = model.config.vre.resolution  # reference crops are resized to it
+    a, b = images(3, res, seed=7), images(1, res, seed=8)
+    with torch.no_grad():
+        refset = ReferenceSet((a.permute(0, 2, 3, 1) + 1) / 2, torch.randn(3, 512), ["a", "b", "c"], [], "sface")
+        enc_a = model.encode_references(refset)  # another encoder's embeddings: recomputed with the backbone
+        torch.testing.assert_close(enc_a.embeddings, model.backbone.embed(a), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(enc_a.features, model.backbone.features(a), rtol=1e-5, atol=1e-5)
+        enc_b = EncodedReferences(model.backbone.embed(b), model.backbone.features(b))
+        shared = ReferenceBatch.from_encoded([enc_a] * 3)
+        assert shared.mask.all() and shared.embeddings.shape == (3, 3, 512)
+        assert shared.embeddings.data_ptr() == enc_a.embeddings.data_ptr() and shared.embeddings.stride(0) == 0
+        mixed = ReferenceBatch.from_encoded([enc_a, enc_b, None])
+        assert mixed.mask.tolist() == [[True] * 3, [True, False, False], [False] * 3]
+        p = model.encode_prompt(lq, mixed)
+        torch.testing.assert_close(p[0], model.encode_prompt(lq[:1], [a])[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(p[1], model.encode_prompt(lq[1:2], [b])[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(p[2], model.encode_prompt(lq[2:], None)[0], rtol=1e-4, atol=1e-4)
+        assert ReferenceBatch.from_encoded([None, None]).mask.shape == (2, 0)
+
+
 def test_blind_mode(model):
     lq = images(2, 64)
     with torch.no_grad():
@@ -128,6 +153,12 @@ def test_half_precision(model, dtype):  # CPU half precision is slow: small inpu
 
 
 def test_bad_inputs(model):
+    sface = ReferenceSet(torch.rand(1, 64, 64, 3), torch.randn(1, 128), ["a"], [], "sface")
+    with pytest.raises(HonestFaceError, match="128-d embeddings"):
+        model.encode_references(sface)
+    with pytest.raises(HonestFaceError, match="no face backbone"):
+        HonestFaceModel(HonestFaceConfig.tiny()).encode_references(
+            ReferenceSet(torch.rand(1, 64, 64, 3), torch.randn(1, 512), ["a"], [], "sface"))
     with pytest.raises(HonestFaceError, match="lq"):
         model.encode_prompt(torch.rand(1, 512, 512, 3))
     with pytest.raises(HonestFaceError, match="references"):
