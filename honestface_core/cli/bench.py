@@ -424,12 +424,10 @@ def load_average() -> list[float] | None:
         return None
 
 
-def run(args: argparse.Namespace) -> int:
-    import os
-
+def check_common_options(args: argparse.Namespace) -> list[int]:
+    """The checks every bench makes before any work (``--faces``, ``--json``, ``--threads``, which it applies);
+    returns the face counts."""
     import torch
-
-    from honestface_core.devices import resolve_device, resolve_dtype
 
     try:
         counts = sorted({int(x) for x in str(args.faces).split(",") if x.strip()})
@@ -437,8 +435,6 @@ def run(args: argparse.Namespace) -> int:
         counts = []
     if not counts or min(counts) < 1:
         raise HonestFaceError("--faces", f"'{args.faces}' is not a list of positive face counts", "Use e.g. --faces 1,4")
-    if args.refs < 1:
-        raise HonestFaceError("--refs", f"{args.refs} is not a positive count", "Use e.g. --refs 4")
     if args.json:  # before any work: not an existing file or a symlink, in a writable folder
         from honestface_core.files.outputs import check_new_file
 
@@ -447,6 +443,19 @@ def run(args: argparse.Namespace) -> int:
         raise HonestFaceError("--threads", f"{args.threads} is negative", "Use 0 (torch's default) or a positive count")
     if args.threads:
         torch.set_num_threads(args.threads)
+    return counts
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from honestface_core.devices import resolve_device, resolve_dtype
+
+    counts = check_common_options(args)
+    if args.refs < 1:
+        raise HonestFaceError("--refs", f"{args.refs} is not a positive count", "Use e.g. --refs 4")
     from honestface_core.cpu_memory import keep_freed_memory
 
     tuned = keep_freed_memory()  # as every `honestface` command does (idempotent)

@@ -118,27 +118,14 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from honestface_core.cli.bench import Timer, build_bench_model, cpu_name, load_average
+    from honestface_core.cli.bench import Timer, build_bench_model, check_common_options, cpu_name, load_average
     from honestface_core.cli.honesty_output import report_encoder, report_landmarks
     from honestface_core.devices import resolve_device, resolve_dtype
 
-    try:
-        counts = sorted({int(x) for x in str(args.faces).split(",") if x.strip()})
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise HonestFaceError("--faces", f"'{args.faces}' is not a list of positive face counts", "Use e.g. --faces 1,4")
     kinds = [k.strip() for k in str(args.identity).split(",") if k.strip()]
     if not kinds or set(kinds) - {"arcface", "sface"}:
         raise HonestFaceError("--identity", f"'{args.identity}' is not arcface, sface or both", "Use e.g. arcface,sface")
-    if args.json:
-        from honestface_core.files.outputs import check_new_file
-
-        check_new_file(args.json, "--json")
-    if args.threads < 0:
-        raise HonestFaceError("--threads", f"{args.threads} is negative", "Use 0 (torch's default) or a positive count")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    counts = check_common_options(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     models_dir = Path(args.models)
