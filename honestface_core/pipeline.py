@@ -27,7 +27,7 @@ from honestface_core.face.pasteback import paste_faces
 from honestface_core.face.identity import IdentityEncoder
 from honestface_core.face.identity_library import DEFAULT_THRESHOLD, UNMATCHED, IdentityLibrary, IdentityMatch
 from honestface_core.face.references import ReferenceSet
-from honestface_core.model.reference_batch import EncodedReferences, ReferenceBatch, crops_to_model, model_resolution
+from honestface_core.model.reference_batch import EncodedReferences, ReferenceBatch, crops_to_model
 
 MIN_CROP_SIZE = 64
 CROP_SIZE_ADVICE = "Align faces at 512 pixels (the size the model restores)"
@@ -39,7 +39,7 @@ Interrupt = Callable[[], None]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Tensors in the model's layout (crops_to_model, model_resolution: honestface_core.model.reference_batch)
+# Tensors in the model's layout (crops_to_model: honestface_core.model.reference_batch)
 
 
 def model_to_crops(x: torch.Tensor, size: int, like: torch.Tensor) -> torch.Tensor:

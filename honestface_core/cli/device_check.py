@@ -118,7 +118,7 @@ def training_step(size: str, device: torch.device, steps: int = 2, resolution: i
     from training.losses import EdgeAwareDISTS
     from training.modeling import TrainingForward
     from honestface_core.metrics.image_quality import DISTSMetric
-    from honestface_core.pipeline import model_resolution
+    from honestface_core.model.reference_batch import model_resolution
 
     cfg = load_config(TRAIN_CONFIG)
     cfg.train.d_start_step = 0  # the step includes the discriminator's update
