@@ -10,6 +10,7 @@ import comfy.utils
 import folder_paths
 import torch
 
+from honestface_core.devices import DTYPES
 from honestface_core.errors import HonestFaceError, MissingModelError
 from honestface_core.face.detection import GENDERS
 from honestface_core.face.identity_library import DEFAULT_THRESHOLD, UNMATCHED
@@ -92,7 +93,7 @@ def precision_dtype(choice: str, device: torch.device) -> torch.dtype:
         if mm.should_use_bf16(device):
             return torch.bfloat16
         return torch.float16 if mm.should_use_fp16(device) else torch.float32
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+    return DTYPES[choice]
 
 
 def loaded_model(patcher):
