@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from honestface_core.cli.bench import (Timer, bench_faces, bench_image, build_bench_model, cpu_name, find_detector, format_table,
-                    load_average)
+from honestface_core.cli.bench import (Timer, bench_faces, bench_image, build_bench_model, cpu_name, find_detector,
+                                       format_table, load_average)
 from honestface_core.files.model_paths import default_models_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,25 +64,26 @@ def compile_generator(model) -> None:
         module.compile(backend="eager")
 
 
+def compile_and_warm_up(model) -> float:
+    """:func:`compile_generator`, then one restore call of one face: its wall seconds (the compile's warm-up)."""
+    from honestface_core.face.alignment import align_faces
+    from honestface_core.face.references import ReferenceSet
+    from honestface_core.pipeline import restore_crops
+
+    compile_generator(model)
+    image, faces = bench_image(1)
+    crops = align_faces(image.to(model.device), faces).crops
+    refs = ReferenceSet(crops, torch.nn.functional.normalize(torch.randn(1, model.config.identity.embedding_dim),
+                                                             dim=-1), ["ref"], ["ref: ok"], "check")
+    with torch.inference_mode():
+        return Timer(model.device, 1, 0).once(lambda: restore_crops(model, crops, refs))[0]
+
+
 def measure_restore(size: str, device: torch.device, dtype: torch.dtype, counts: list[int], repeats: int,
                     compiled: bool) -> dict:
     """The bench's report for one precision, eager or compiled (``compile_warmup_s``: the first restore call)."""
-    from honestface_core.pipeline import restore_crops
-
     model = build_bench_model(size, device, dtype)
-    warmup_s = None
-    if compiled:
-        from honestface_core.face.alignment import align_faces
-        from honestface_core.face.references import ReferenceSet
-
-        compile_generator(model)
-        image, faces = bench_image(1)
-        crops = align_faces(image.to(device), faces).crops
-        refs = ReferenceSet(crops, torch.nn.functional.normalize(torch.randn(1, model.config.identity.embedding_dim),
-                                                                 dim=-1), ["ref"], ["ref: ok"], "check")
-        timer = Timer(device, 1, 0)
-        with torch.inference_mode():
-            warmup_s = timer.once(lambda: restore_crops(model, crops, refs))[0]
+    warmup_s = compile_and_warm_up(model) if compiled else None
     timer = Timer(device, repeats, 1, warm_each=compiled)
     detector = find_detector(default_models_dir())
     warnings: list[str] = []

@@ -98,7 +98,7 @@ def check_arguments(args: argparse.Namespace):
     readable, within the size limits), reference paths, and the output folder (a writable folder, created here).
 
     Returns:
-        ``(inputs, out_dir, device)``.
+        ``(inputs, out_dir, device, people)``, ``people`` the ``--person`` entries as ``{name: path}``.
     """
     from honestface_core.face.detection import parse_selection
     from honestface_core.files.images import read_image_size
@@ -138,7 +138,7 @@ def check_arguments(args: argparse.Namespace):
                                   "Give a folder of photos, photo files or an identity set .safetensors")
         if p.is_file() and p.suffix.lower() != ".safetensors":
             read_image_size(p)
-    return inputs, prepare_output_dir(args.out, "--out"), device
+    return inputs, prepare_output_dir(args.out, "--out"), device, people
 
 
 def encode_png(rgb) -> bytes:
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     from honestface_core.model.loading import load_restorer
     from honestface_core.pipeline import BackboneIdentityEncoder, restore_images
 
-    inputs, out_dir, device = check_arguments(args)
+    inputs, out_dir, device, people = check_arguments(args)
     models_dir = Path(args.models)
     encoder = landmarks = None
     if args.report:  # the report's own models first: a missing file fails before the restorer loads
@@ -182,10 +182,9 @@ def run(args: argparse.Namespace) -> int:
         for line in refs.status:
             print(f"reference {line}")
     matcher = None
-    if args.person:
+    if people:
         from honestface_core.face.identity_library import IdentityLibrary
 
-        people = dict(map(parse_person, args.person))
         sets = [load_references([str(path)], detector, BackboneIdentityEncoder(model)) for path in people.values()]
         refs = IdentityLibrary(list(people), sets)
         matcher = report_encoder(args.match_identity, models_dir, model)
