@@ -424,6 +424,31 @@ def load_average() -> list[float] | None:
         return None
 
 
+def device_name(device) -> str:
+    """The GPU's name on CUDA, else the CPU's model name."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def machine_fields(device, load_start: list[float] | None) -> dict:
+    """A bench report's fields on where it ran: the device and its name, CPUs, torch threads, and the load average
+    at the start (``load_start``, taken before measuring) and now."""
+    import os
+
+    import torch
+
+    return {"device": str(device), "device_name": device_name(device), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "load_average": {"start": load_start, "end": load_average()}}
+
+
+def write_json_report(path: str, report: dict) -> None:
+    """``--json``: the report as JSON at ``path``, never overwriting a file."""
+    from honestface_core.files.outputs import write_file
+
+    write_file(path, json.dumps(report, indent=2).encode("utf-8"), "--json")
+
+
 def check_common_options(args: argparse.Namespace) -> list[int]:
     """The checks every bench makes before any work (``--faces``, ``--json``, ``--threads``, which it applies);
     returns the face counts."""
@@ -447,10 +472,6 @@ def check_common_options(args: argparse.Namespace) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    import torch
-
     from honestface_core.devices import resolve_device, resolve_dtype
 
     counts = check_common_options(args)
@@ -472,10 +493,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"measuring {n} face(s)...", file=sys.stderr)
         runs.append(bench_faces(model, n, args.refs, timer, detector, 1 in counts and timer.warmup > 0, warnings,
                                 args.flops))
-    report = {"size": args.size, "device": str(device), "device_name": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else cpu_name(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-              "load_average": {"start": load_start, "end": load_average()},
-              "threads": torch.get_num_threads(), "cpu_allocator": "glibc, freed memory kept (cpu_memory.py)" if tuned
+    report = {"size": args.size, **machine_fields(device, load_start), "cpu": cpu_name(),
+              "cpu_allocator": "glibc, freed memory kept (cpu_memory.py)" if tuned
               else "system default", "dtype": str(dtype).replace("torch.", ""), "repeats": timer.repeats,
               "warmup": timer.warmup, "peak_memory": "CUDA max allocated per stage" if device.type == "cuda"
               else "process peak resident memory during the stage (CPU)", "runs": runs, "warnings": warnings}
@@ -490,9 +509,7 @@ def run(args: argparse.Namespace) -> int:
           f"{load['start']} at the start, {load['end']} at the end")
     print(format_table(report))
     if args.json:
-        from honestface_core.files.outputs import write_file
-
-        write_file(args.json, json.dumps(report, indent=2).encode("utf-8"), "--json")
+        write_json_report(args.json, report)
     return 0
 
 

@@ -12,7 +12,6 @@ on GPUs); the ratio report / ``restore_crops`` is read against :data:`TARGET` pe
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from honestface_core.errors import HonestFaceError
@@ -113,12 +112,10 @@ def format_table(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
-    import torch
-
-    from honestface_core.cli.bench import Timer, build_bench_model, check_common_options, cpu_name, load_average
+    from honestface_core.cli.bench import (Timer, build_bench_model, check_common_options, load_average, machine_fields,
+                                           write_json_report)
     from honestface_core.cli.honesty_output import report_encoder, report_landmarks
     from honestface_core.devices import resolve_device, resolve_dtype
 
@@ -134,19 +131,15 @@ def run(args: argparse.Namespace) -> int:
     encoders = [report_encoder(k, models_dir, model) for k in kinds]
     timer, warnings, load_start = Timer(device, args.repeats, args.warmup), [], load_average()
     runs = [bench_report(model, n, enc, landmarks, timer, warnings) for n in counts for enc in encoders]
-    report = {"size": args.size, "device": str(device), "device_name": torch.cuda.get_device_name(device)
-              if device.type == "cuda" else cpu_name(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-              "dtype": str(dtype).replace("torch.", ""), "landmarks": args.landmarks, "repeats": timer.repeats,
-              "load_average": {"start": load_start, "end": load_average()}, "runs": runs, "warnings": warnings}
+    report = {"size": args.size, **machine_fields(device, load_start), "dtype": str(dtype).replace("torch.", ""),
+              "landmarks": args.landmarks, "repeats": timer.repeats, "runs": runs, "warnings": warnings}
     print(f"honestface bench-honesty --size {args.size} on {report['device']} ({report['device_name']}, "
           f"{report['threads']} threads of {report['cpu_count']} CPUs), restorer {report['dtype']}, landmarks "
           f"{args.landmarks}, median of {timer.repeats}; load average (1/5/15 min) {report['load_average']['start']} "
           f"at the start, {report['load_average']['end']} at the end")
     print(format_table(report))
     if args.json:
-        from honestface_core.files.outputs import write_file
-
-        write_file(args.json, json.dumps(report, indent=2).encode("utf-8"), "--json")
+        write_json_report(args.json, report)
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from honestface_core.cli.bench import (Timer, bench_faces, bench_image, build_bench_model, cpu_name, find_detector,
+from honestface_core.cli.bench import (Timer, bench_faces, bench_image, build_bench_model, device_name, find_detector,
                                        format_table, load_average)
 from honestface_core.files.model_paths import default_models_dir
 
@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         device, size, counts, dtypes, steps, train_px = torch.device("cuda"), "full", [1, 4, 16], "fp16,bf16", 2, None
     repeats = args.repeats or (1 if args.dry_run else 3)
     counts = args.faces or counts
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    print(f"device check on {device} ({name}), torch {torch.__version__}, size {size}, faces {counts}, "
+    print(f"device check on {device} ({device_name(device)}), torch {torch.__version__}, size {size}, faces {counts}, "
           f"{repeats} repeat(s); load average {load_average()}")
     reports, skipped = [], []
     for dtype_name in (args.dtypes or dtypes).split(","):
