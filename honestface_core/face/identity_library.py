@@ -64,11 +64,7 @@ class IdentityLibrary:
     def set_embeddings(self, encoder: IdentityEncoder) -> torch.Tensor:
         """``(P, D)`` mean embedding of each set by ``encoder``: a set made by that encoder uses its stored
         embeddings, any other is re-embedded from its aligned crops (two encoders' spaces never mix)."""
-        means = []
-        for s in self.sets:
-            emb = s.embeddings if s.encoder_name == encoder.name else encoder.embed(s.crops)
-            means.append(F.normalize(emb.float().mean(0, keepdim=True), dim=-1).cpu())
-        return torch.cat(means)
+        return torch.cat([s.mean_embedding(encoder).cpu() for s in self.sets])
 
     def match(self, crops: torch.Tensor, encoder: IdentityEncoder, threshold: float = DEFAULT_THRESHOLD) -> list[IdentityMatch]:
         """Match aligned face crops ``(N, S, S, 3)`` to the sets (see the module docstring)."""

@@ -84,9 +84,16 @@ class ReferenceSet:
         entries[key] = (state, value)
         return value
 
-    def mean_embedding(self) -> torch.Tensor:
-        """``(1, D)`` L2-normalised mean of the reference embeddings (the Ref-Deg target)."""
-        return F.normalize(self.embeddings.float().mean(0, keepdim=True), dim=-1)
+    def embeddings_by(self, encoder: IdentityEncoder) -> torch.Tensor:
+        """``(K, D)`` the references in ``encoder``'s space: the stored embeddings when ``encoder`` made them, else
+        the crops embedded by ``encoder`` (two encoders' spaces never mix)."""
+        return self.embeddings if self.encoder_name == encoder.name else encoder.embed(self.crops)
+
+    def mean_embedding(self, encoder: IdentityEncoder | None = None) -> torch.Tensor:
+        """``(1, D)`` L2-normalised mean of the reference embeddings (the Ref-Deg target), in ``encoder``'s space
+        when one is given (:meth:`embeddings_by`)."""
+        emb = self.embeddings if encoder is None else self.embeddings_by(encoder)
+        return F.normalize(emb.float().mean(0, keepdim=True), dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------

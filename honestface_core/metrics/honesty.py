@@ -110,8 +110,8 @@ def _reference_mean_angles(restored_emb: torch.Tensor, references: ReferenceSet 
     angles = torch.full((n,), math.nan)
     for refs in {id(r): r for r in per_face if r is not None and len(r)}.values():  # each set embedded once
         idx = torch.tensor([i for i, r in enumerate(per_face) if r is refs])
-        emb = refs.embeddings if refs.encoder_name == encoder.name else encoder.embed(refs.crops)
-        angles[idx] = ref_deg(restored_emb[idx.to(restored_emb.device)], emb.to(restored_emb.device)).cpu()
+        emb = refs.embeddings_by(encoder).to(restored_emb.device)
+        angles[idx] = ref_deg(restored_emb[idx.to(restored_emb.device)], emb).cpu()
     return angles, ["" if r is not None and len(r) else NO_REFERENCES for r in per_face]
 
 
