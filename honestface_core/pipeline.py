@@ -282,16 +282,14 @@ def restore_images(model, images: torch.Tensor, detector: FaceDetector, refs: Re
     if missing:
         which = "any image" if len(missing) == images.shape[0] else "image(s) " + ", ".join(map(str, missing))
         messages.append(f"no face found in {which}; passed through unchanged")
+    for m in messages:
+        logger.warning(m)
     if not len(aligned):
-        for m in messages:
-            logger.warning(m)
         return RestoreResult(images.clone(), aligned, aligned.crops, images.new_zeros(images.shape[:3]), messages,
                              identities, [])
     restored = restore_crops(model, aligned.crops, refs, chunk_size, progress, interrupt)
     masks = parser.face_mask(aligned.crops) if parser is not None else None
     pasted = paste_faces(images, restored, aligned.matrices, aligned.image_index, masks, color_correction, aligned.crops,
                          strength)
-    for m in messages:
-        logger.warning(m)
     per_face = list(refs) if isinstance(refs, list) else [refs] * len(aligned)
     return RestoreResult(pasted.images, aligned, restored, pasted.mask, messages, identities, per_face)
